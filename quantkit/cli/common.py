@@ -1,0 +1,53 @@
+"""Options shared by commands, and how results are shown (rich for people, --json for machines)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quantkit.errors import NotAvailableYet
+
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}  # stubs accept any arguments
+stdout = Console()
+stderr = Console(stderr=True)
+
+Model = Annotated[str, typer.Argument(help="Source checkpoint: a local folder, a Hub id (org/name), or builtin:smollm2 / builtin:tiny-llama.", show_default=False)]
+Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder [default: ./<model-name>-<FORMAT>].")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Read pickle (.bin) weights; only for sources you trust.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables; no progress bar.")]
+Calibration = Annotated[Optional[str], typer.Option("--calibration", help="Calibration text: a file, or a dataset (path:config:split[:column]) [default: built-in text].")]
+
+
+def notice(msg: str) -> None:
+    stderr.print(f"[yellow]notice:[/] {msg}", highlight=False)
+
+
+def emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def not_yet(command: str, issue: str) -> None:
+    raise NotAvailableYet(f"`quantkit {command}` is not available yet ({issue}); nothing was done")
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows:
+        t.add_row(k, v)
+    return t

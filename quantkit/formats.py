@@ -1,0 +1,49 @@
+"""Format facts as tables: how to recognise each checkpoint format quantkit reads or writes."""
+from __future__ import annotations
+
+# Tensor-name suffixes that only quantized checkpoints carry -> the format they mean.
+QUANTIZED_SUFFIXES = {
+    ".qweight": "gptq/awq",
+    ".qzeros": "gptq/awq",
+    ".g_idx": "gptq",
+    ".weight_packed": "compressed-tensors int",
+    ".weight_scale": "compressed-tensors",
+    ".weight_zero_point": "compressed-tensors",
+    ".q_weight": "exl2",
+    ".q_scale": "exl2",
+    ".q_groups": "exl2",
+    ".SCB": "bitsandbytes int8",
+    ".absmax": "bitsandbytes 4-bit",
+}
+# Stored dtypes that no BF16 source uses for a weight.
+QUANTIZED_DTYPES = {"F8_E4M3": "fp8", "F8_E5M2": "fp8"}
+
+# config.json quantization_config -> human name of the format, keyed by (quant_method, format).
+CONFIG_FORMATS = {
+    ("compressed-tensors", "float-quantized"): "compressed-tensors FP8",
+    ("compressed-tensors", "pack-quantized"): "compressed-tensors INT4",
+    ("compressed-tensors", "int-quantized"): "compressed-tensors INT8",
+    ("gptq", None): "gptq",
+    ("awq", None): "awq",
+    ("exl2", None): "exl2",
+    ("fp8", None): "fp8",
+}
+
+
+def quantized_tensor_format(name: str, dtype: str) -> str | None:
+    for suffix, fmt in QUANTIZED_SUFFIXES.items():
+        if name.endswith(suffix):
+            return fmt
+    if name.endswith(".weight") and dtype in QUANTIZED_DTYPES:
+        return QUANTIZED_DTYPES[dtype]
+    return None
+
+
+def config_format(config: dict) -> str | None:
+    """The quantized format a config.json declares, or None for a plain checkpoint."""
+    qc = config.get("quantization_config")
+    if not qc:
+        return None
+    method = qc.get("quant_method")
+    fmt = qc.get("format")
+    return CONFIG_FORMATS.get((method, fmt)) or CONFIG_FORMATS.get((method, None)) or f"{method} ({fmt})"

@@ -1,0 +1,22 @@
+"""Keep the libraries we build on from writing to stdout (which --json owns)."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def quiet_llmcompressor() -> None:
+    """llm-compressor points loguru at sys.stdout on import; send its warnings and errors to stderr."""
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")  # it logs while importing
+    import llmcompressor  # noqa: F401  (configures loguru on import)
+    from loguru import logger
+
+    logger.remove()
+    logger.add(lambda msg: sys.stderr.write(msg), level="ERROR", format="{level}: {message}")
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

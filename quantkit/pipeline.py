@@ -1,0 +1,69 @@
+"""source -> backend -> artifact: the one path every conversion takes."""
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+from quantkit import __version__, output
+from quantkit.backends import REGISTRY
+from quantkit.progress import ByteProgress
+from quantkit.source import Source, resolve
+
+
+def default_output(source: Source, suffix: str) -> Path:
+    return Path.cwd() / f"{source.name}-{suffix}"
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def convert(
+    backend_name: str,
+    model: str,
+    out: Path | None = None,
+    force: bool = False,
+    allow_pickle: bool = False,
+    show_progress: bool = True,
+    notice=lambda msg: None,
+) -> tuple[Path, dict]:
+    """Run one backend on one source; return the artifact folder and its manifest."""
+    backend = REGISTRY[backend_name]()
+    source = resolve(model, allow_pickle=allow_pickle)
+    for n in source.notices:
+        notice(n)
+    final = output.check_target(out or default_output(source, backend.suffix), force)
+    output.check_free_space(final, backend.estimate_bytes(source))
+    t0 = time.perf_counter()
+    with output.staged(final) as staging:
+        with ByteProgress(f"{backend_name} {source.name}", source.weight_bytes, enabled=show_progress) as bar:
+            result = backend.run(source, staging, bar.advance)
+        carried = output.copy_carried(source.carried_files(), staging)
+        wall = time.perf_counter() - t0
+        manifest = {
+            "quantkit_version": __version__,
+            "created": output.now_iso(),
+            "format": result.format,
+            "method": result.method,
+            "parameters": result.parameters,
+            "source": {
+                "spec": source.spec,
+                "path": str(source.path),
+                "hub_id": source.hub_id,
+                "architecture": source.architecture,
+                "weight_files": {
+                    p.name: {"bytes": p.stat().st_size, "sha256": result.source_hashes.get(p.name)}
+                    for p in source.weight_files
+                },
+            },
+            "carried_files": carried,
+            "files": output.file_table(staging, result.file_hashes),
+            "timings": {"wall_s": round(wall, 3)},
+            "peak_rss_bytes": peak_rss_bytes(),
+            "host": {"python": sys.version.split()[0], "machine": platform.machine()},
+        }
+        output.write_json(staging / output.MANIFEST, manifest)
+    return final, manifest
