@@ -81,8 +81,11 @@ def resolve(spec: str, allow_pickle: bool = False) -> Source:
     if not path.is_dir():
         raise SourceError(f"{spec} is a file; pass the checkpoint folder that holds config.json")
     config = _read_config(path)
-    files = _weight_files(path, allow_pickle)
+    files, weight_map = _weight_files(path, allow_pickle)
     source = Source(path=path.resolve(), spec=spec, hub_id=hub_id, config=config, weight_files=files)
+    source.headers = {f.name: read_header(f) for f in files}
+    if weight_map is not None:
+        _check_index(weight_map, source.headers)
     _check_tensors(source)
     return source
 
@@ -135,7 +138,8 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
+def _weight_files(path: Path, allow_pickle: bool) -> tuple[list[Path], dict[str, str] | None]:
+    """The safetensors weight files, and the shard index's weight map when there is one."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -150,17 +154,15 @@ def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                 + "; download every shard"
             )
-        files = [path / n for n in names]
-        _check_index(index, weight_map, files)
-        return files
+        return [path / n for n in names], weight_map
     single = path / "model.safetensors"
     if single.is_file():
-        return [single]
+        return [single], None
     shards = sorted(path.glob("*.safetensors"))
     if shards:
         if len(shards) > 1:
             raise SourceError(f"{path} has {len(shards)} safetensors files but no model.safetensors.index.json; add the index")
-        return shards
+        return shards, None
     pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.pth"))
     if pickles:
         if not allow_pickle:
@@ -170,37 +172,36 @@ def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
             )
         from quantkit import pickled
 
-        return pickled.to_safetensors(path, pickles)
+        return pickled.to_safetensors(path, pickles), None
     raise SourceError(f"{path} has no weights (no *.safetensors); pass a complete checkpoint folder")
 
 
-def _check_index(index: Path, weight_map: dict[str, str], files: list[Path]) -> None:
+def _check_index(weight_map: dict[str, str], headers: dict[str, Header]) -> None:
+    index = "model.safetensors.index.json"
     by_file: dict[str, set[str]] = {}
     for tensor, fname in weight_map.items():
         by_file.setdefault(fname, set()).add(tensor)
-    for f in files:
-        have = set(read_header(f).tensors)
-        absent = by_file[f.name] - have
+    for fname, h in headers.items():
+        have = set(h.tensors)
+        absent = by_file[fname] - have
         if absent:
             raise SourceError(
-                f"{index.name} says {f.name} holds {sorted(absent)[0]}, but it does not; "
+                f"{index} says {fname} holds {sorted(absent)[0]}, but it does not; "
                 "the index and the shards come from different downloads: re-download them together"
             )
         extra = have - set(weight_map)
         if extra:
-            raise SourceError(f"{f.name} holds {sorted(extra)[0]}, which {index.name} does not list; re-download the index")
+            raise SourceError(f"{fname} holds {sorted(extra)[0]}, which {index} does not list; re-download the index")
 
 
 def _check_tensors(source: Source) -> None:
-    for f in source.weight_files:
-        h = read_header(f)
-        source.headers[f.name] = h
+    for fname, h in source.headers.items():
         for t in h.tensors.values():
             source.dtype_counts[t.dtype] += 1
             fmt = formats.quantized_tensor_format(t.name, t.dtype)
             if fmt:
                 raise SourceError(
-                    f"{source.path.name} is already quantized ({fmt}: tensor {t.name} in {f.name}); "
+                    f"{source.path.name} is already quantized ({fmt}: tensor {t.name} in {fname}); "
                     "pass the original BF16 checkpoint"
                 )
     floats = {d for d in source.dtype_counts if d in FLOAT_DTYPES}

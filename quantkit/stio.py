@@ -20,6 +20,7 @@ from typing import BinaryIO, Iterator
 import torch
 
 from quantkit.errors import SourceError
+from quantkit.threads import Sink
 
 # safetensors dtype name -> (torch dtype, bytes per element)
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -162,16 +163,27 @@ class HashingReader:
         return buf.view(dtype).reshape(info.shape)
 
     def chunks(self, info: TensorInfo) -> Iterator[memoryview]:
-        """The tensor's raw bytes in bounded chunks (for tensors copied unchanged)."""
+        """The tensor's raw bytes in bounded chunks, each in a fresh buffer (at least one chunk)."""
         self._seek_to(info)
         left = info.nbytes
-        buf = memoryview(bytearray(min(CHUNK, max(left, 1))))
-        while left:
+        while True:
             k = min(CHUNK, left)
-            self._read_exact(k, buf[:k])
-            self.sha256.update(buf[:k])
-            yield buf[:k]
+            buf = memoryview(torch.empty(k, dtype=torch.uint8).numpy())  # uninitialised: no memset
+            self._read_exact(k, buf)
+            self.sha256.update(buf)
+            yield buf
             left -= k
+            if not left:
+                return
+
+    def stream(self, whole: set[str]) -> Iterator[tuple[TensorInfo, torch.Tensor | memoryview]]:
+        """Every tensor in file order: those named in `whole` as one tensor, the rest as raw chunks."""
+        for info in self.header.ordered():
+            if info.name in whole:
+                yield info, self.tensor(info)
+            else:
+                for chunk in self.chunks(info):
+                    yield info, chunk
 
     def finish(self) -> str:
         """Hash whatever follows the last tensor read and return the file's sha256."""
@@ -214,14 +226,19 @@ class StreamWriter:
         raw += b" " * (-len(raw) % 8)
         self.sha256 = hashlib.sha256()
         self._f = open(self.path, "wb")
+        self._sink = Sink(self._write_and_hash)  # file writes and hashing run beside the caller
         self._emit(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
         self._left = 0  # bytes still owed to the current tensor
         self.bytes = 0
 
-    def _emit(self, data: bytes | memoryview) -> None:
+    def _write_and_hash(self, data: bytes | memoryview) -> None:
         self._f.write(data)
         self.sha256.update(data)
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        """Queue bytes for writing; the caller must not modify them afterwards."""
+        self._sink.put(data)
 
     def _start(self, name: str) -> PlannedTensor:
         if self._left:
@@ -252,9 +269,13 @@ class StreamWriter:
     def close(self) -> str:
         if self._left or self._next != len(self.plan):
             raise ValueError(f"{self.path.name}: not every planned tensor was written")
+        self._sink.close()
         self._f.close()
         self.bytes = self.path.stat().st_size
         return self.sha256.hexdigest()
 
     def abort(self) -> None:
-        self._f.close()
+        try:
+            self._sink.close()
+        finally:
+            self._f.close()

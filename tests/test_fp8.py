@@ -92,3 +92,17 @@ def test_smollm2_equals_llmcompressor_and_reports_perplexity(cli, smollm2, tmp_p
     assert 0.98 < ev["ppl_ratio"] < 1.05 and ev["ppl_quant"] != ev["ppl_source"]
     assert ev["tokens_scored"] == 8 * 255
     assert json.loads((tmp_path / "ours" / "quantkit.json").read_text())["evaluation"] == ev
+
+
+def test_tensor_selection_matches_compressed_tensors(smollm2, tiny):
+    from compressed_tensors.utils import match_quantizable_tensors
+
+    from quantkit.backends.fp8 import IGNORE, quantized_names
+    from quantkit.stio import read_header
+
+    extra = ["model.norm.weight", "model.layers.0.self_attn.q_proj.bias", "model.layers.0.q_norm.weight",
+             "lm_head.weight", "model.embed_tokens.weight", "model.layers.3.mlp.experts.0.up_proj.weight"]
+    for folder in (smollm2, tiny):
+        names = list(read_header(folder / "model.safetensors").tensors) + extra
+        theirs = {n for _, n in match_quantizable_tensors(dict.fromkeys(names), IGNORE, ["Linear"])}
+        assert quantized_names(names) == theirs
