@@ -2,14 +2,17 @@
 
     python bench/fp8.py SOURCE_DIR [--work DIR] [--skip-mfp]
 
-For each tool: wall time and peak RSS of the whole process, page cache emptied
-before each run when allowed (root). Output folders are deleted after each run.
+For each tool: wall time until its output is on disk (each command is followed
+by `sync`, so a small output that fits in the page cache does not flatter cp),
+and peak RSS of its largest process; page cache emptied before each run when
+allowed (root). Output folders are deleted after each run.
 Prints a markdown table and writes bench/out/fp8-<name>.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -45,7 +48,7 @@ def main() -> None:
     for label, make in jobs:
         out = work / "bench-fp8-out"
         shutil.rmtree(out, ignore_errors=True)
-        r = run(make(out))
+        r = run(["bash", "-c", shlex.join(make(out)) + " && sync"])
         r["label"] = label
         r["output_bytes"] = sum(p.stat().st_size for p in out.glob("*.safetensors"))
         rows.append(r)

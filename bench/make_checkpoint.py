@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from quantkit.arch import tensors
 from quantkit.stio import PlannedTensor, StreamWriter
 
 LLAMA_31_8B = {
@@ -40,26 +41,6 @@ LLAMA_31_8B = {
 }
 
 
-def tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
-    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
-    out = [("model.embed_tokens.weight", (v, h))]
-    for n in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{n}."
-        out += [
-            (p + "input_layernorm.weight", (h,)),
-            (p + "self_attn.q_proj.weight", (h, h)),
-            (p + "self_attn.k_proj.weight", (kv, h)),
-            (p + "self_attn.v_proj.weight", (kv, h)),
-            (p + "self_attn.o_proj.weight", (h, h)),
-            (p + "post_attention_layernorm.weight", (h,)),
-            (p + "mlp.gate_proj.weight", (i, h)),
-            (p + "mlp.up_proj.weight", (i, h)),
-            (p + "mlp.down_proj.weight", (h, i)),
-        ]
-    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -67,7 +48,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     args = ap.parse_args()
     cfg = dict(LLAMA_31_8B, num_hidden_layers=args.layers)
-    todo = tensors(cfg)
+    todo = [(t.name, t.shape) for t in tensors(cfg)]
     total = sum(math.prod(s) * 2 for _, s in todo)
     per_shard = total / args.shards
     shards, cur, size = [], [], 0

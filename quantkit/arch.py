@@ -1,0 +1,78 @@
+"""Architecture facts from config.json alone: the weight tensors a Llama-family model has.
+
+Used by `vram` (bytes per format without downloading weights) and by bench/
+(synthetic checkpoints of real shapes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Linear layers inside each decoder layer: name -> (rows, cols) as functions of the dims.
+LINEARS = {
+    "self_attn.q_proj": lambda d: (d.heads * d.head_dim, d.hidden),
+    "self_attn.k_proj": lambda d: (d.kv_heads * d.head_dim, d.hidden),
+    "self_attn.v_proj": lambda d: (d.kv_heads * d.head_dim, d.hidden),
+    "self_attn.o_proj": lambda d: (d.hidden, d.heads * d.head_dim),
+    "mlp.gate_proj": lambda d: (d.intermediate, d.hidden),
+    "mlp.up_proj": lambda d: (d.intermediate, d.hidden),
+    "mlp.down_proj": lambda d: (d.hidden, d.intermediate),
+}
+# Families whose q/k/v projections carry a bias.
+QKV_BIAS = {"qwen2"}
+
+
+@dataclass(frozen=True)
+class Dims:
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    max_positions: int
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Dims":
+        heads = cfg["num_attention_heads"]
+        return cls(
+            model_type=cfg.get("model_type", "llama"),
+            hidden=cfg["hidden_size"],
+            intermediate=cfg["intermediate_size"],
+            layers=cfg["num_hidden_layers"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            vocab=cfg["vocab_size"],
+            tied=bool(cfg.get("tie_word_embeddings", False)),
+            max_positions=cfg.get("max_position_embeddings", 0),
+        )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    role: str  # "embedding", "head", "linear", "norm", "bias"
+
+
+def tensors(cfg: dict) -> list[TensorSpec]:
+    """Every weight tensor of a Llama-family checkpoint, in checkpoint order."""
+    d = Dims.from_config(cfg)
+    out = [TensorSpec("model.embed_tokens.weight", (d.vocab, d.hidden), "embedding")]
+    bias = d.model_type in QKV_BIAS
+    for n in range(d.layers):
+        p = f"model.layers.{n}."
+        out.append(TensorSpec(p + "input_layernorm.weight", (d.hidden,), "norm"))
+        for name, shape in LINEARS.items():
+            if name == "mlp.gate_proj":
+                out.append(TensorSpec(p + "post_attention_layernorm.weight", (d.hidden,), "norm"))
+            out.append(TensorSpec(p + name + ".weight", shape(d), "linear"))
+            if bias and name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                out.append(TensorSpec(p + name + ".bias", (shape(d)[0],), "bias"))
+    out.append(TensorSpec("model.norm.weight", (d.hidden,), "norm"))
+    if not d.tied:
+        out.append(TensorSpec("lm_head.weight", (d.vocab, d.hidden), "head"))
+    return out

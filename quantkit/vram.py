@@ -1,0 +1,215 @@
+"""Memory a model needs, from config.json alone: weights as a format stores them, KV cache, overhead."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantkit.arch import Dims, TensorSpec, tensors
+from quantkit.errors import InputError
+
+GIB = 1024**3
+
+# GGUF block types: (values per block, bytes per block), from ggml's type traits.
+GGUF_BLOCKS = {
+    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
+    "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
+    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+}
+# Type mixes named after their main K type: (main type, type of output.weight, type for the
+# "more bits" tensors attn_v/ffn_down on the layers llama.cpp favours). Simplified from
+# llama.cpp's llama_tensor_get_type; exact mixes arrive with quantkit's own GGUF writer.
+GGUF_MIXES = {
+    "Q2_K": ("Q2_K", "Q6_K", "Q3_K"), "Q3_K_S": ("Q3_K", "Q6_K", "Q3_K"), "Q3_K_M": ("Q3_K", "Q6_K", "Q4_K"),
+    "Q3_K_L": ("Q3_K", "Q6_K", "Q5_K"), "Q4_K_S": ("Q4_K", "Q6_K", "Q4_K"), "Q4_K_M": ("Q4_K", "Q6_K", "Q6_K"),
+    "Q5_K_S": ("Q5_K", "Q6_K", "Q5_K"), "Q5_K_M": ("Q5_K", "Q6_K", "Q6_K"), "Q6_K": ("Q6_K", "Q6_K", "Q6_K"),
+}
+# Fallback when a row length is not a multiple of the block (as llama.cpp does for K types).
+GGUF_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+# KV cache element sizes in bytes.
+KV_DTYPES = {"fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+INT4_GROUP = 128
+RUNTIME_BASE = 512 * 1024**2  # CUDA context, allocator slack
+PREFILL_CHUNK = 512
+OVERHEAD_ASSUMPTION = (
+    "0.5 GiB for the CUDA context and allocator, plus activations of one 512-token prefill "
+    "chunk per sequence (hidden x 4 + intermediate x 2 + vocab logits, 2 bytes each)"
+)
+
+
+def _more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth, and every third layer between."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def _gguf_bytes(t: TensorSpec, typ: str) -> int:
+    if len(t.shape) == 1:
+        return t.shape[0] * 4  # norms and biases stay F32
+    cols = t.shape[-1]
+    per, size = GGUF_BLOCKS[typ]
+    if cols % per:
+        return _gguf_bytes(t, GGUF_FALLBACK.get(typ, "F16"))
+    return math.prod(t.shape) // per * size
+
+
+def _layer_of(name: str) -> int:
+    m = re.search(r"layers\.(\d+)\.", name)
+    return int(m.group(1)) if m else -1
+
+
+def weight_bytes(cfg: dict, fmt: str) -> tuple[int, str]:
+    """(bytes, how they are counted) for a format spec: bf16 | fp16 | fp8 | int4-g128 | exl2:BPW[:HEAD] | gguf:TYPE."""
+    specs = tensors(cfg)
+    dims = Dims.from_config(cfg)
+    kind, _, arg = fmt.lower().partition(":")
+    if kind in ("bf16", "fp16"):
+        return sum(math.prod(t.shape) * 2 for t in specs), "every tensor 2 bytes"
+    if kind == "fp8":
+        total = 0
+        for t in specs:
+            n = math.prod(t.shape)
+            total += n + t.shape[0] * 2 if t.role == "linear" else n * 2
+        return total, "decoder Linear weights 1 byte + one BF16 scale per row; embeddings, head, norms BF16"
+    if kind == "int4-g128":
+        total = 0
+        for t in specs:
+            n = math.prod(t.shape)
+            if t.role == "linear" and t.shape[1] % INT4_GROUP == 0:
+                total += n // 2 + t.shape[0] * (t.shape[1] // INT4_GROUP) * 2 + 16
+            else:
+                total += n * 2
+        return total, ("decoder Linear weights 4 bits + one BF16 scale per 128 values; "
+                       "Linears whose in-features are not a multiple of 128, embeddings, head, norms BF16")
+    if kind == "exl2":
+        try:
+            parts = [float(x) for x in arg.split(":")] if arg else []
+            bpw, head = parts[0], (parts[1] if len(parts) > 1 else 6.0)
+        except (ValueError, IndexError):
+            raise InputError(f"--format {fmt}: write exl2:BPW or exl2:BPW:HEAD_BITS, e.g. exl2:4.0:6") from None
+        total = 0
+        for t in specs:
+            n = math.prod(t.shape)
+            if t.role == "linear":
+                total += math.ceil(n * bpw / 8)
+            elif t.role == "head":
+                total += math.ceil(n * head / 8)
+            else:
+                total += n * 2
+        return total, f"decoder Linears at {bpw} bits per weight (scales included), head at {head} bits, embeddings and norms FP16"
+    if kind == "gguf":
+        typ = arg.upper()
+        if typ in GGUF_MIXES:
+            main, out_t, more = GGUF_MIXES[typ]
+        elif typ in GGUF_BLOCKS:
+            main = out_t = more = typ
+        else:
+            raise InputError(f"--format {fmt}: unknown GGUF type; use one of {', '.join(sorted(set(GGUF_BLOCKS) | set(GGUF_MIXES)))}")
+        total = 0
+        for t in specs:
+            if t.role == "head" or (t.role == "embedding" and dims.tied):  # tied: token_embd is the output
+                total += _gguf_bytes(t, out_t)
+            elif t.role == "linear" and t.name.endswith(("v_proj.weight", "down_proj.weight")) and _more_bits(_layer_of(t.name), dims.layers):
+                total += _gguf_bytes(t, more)
+            else:
+                total += _gguf_bytes(t, main)
+        return total, f"GGUF {typ}: main type {main}, output {out_t}, attn_v/ffn_down on favoured layers {more}, norms F32 (simplified llama.cpp mix)"
+    raise InputError(f"--format {fmt}: use bf16, fp16, fp8, int4-g128, exl2:BPW[:HEAD_BITS] or gguf:TYPE")
+
+
+def kv_bytes_per_token(cfg: dict, kv_dtype: str) -> float:
+    d = Dims.from_config(cfg)
+    if kv_dtype not in KV_DTYPES:
+        raise InputError(f"--kv-dtype {kv_dtype}: use one of {', '.join(KV_DTYPES)}")
+    return 2 * d.layers * d.kv_heads * d.head_dim * KV_DTYPES[kv_dtype]
+
+
+def overhead_bytes(cfg: dict, batch: int) -> int:
+    d = Dims.from_config(cfg)
+    return RUNTIME_BASE + batch * PREFILL_CHUNK * (4 * d.hidden + 2 * d.intermediate + d.vocab) * 2
+
+
+def parse_tokens(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
+    if not m:
+        raise InputError(f"context {text!r}: write a token count like 4096, 16k or 128k")
+    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()])
+
+
+def parse_bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(GiB|GB|MiB|MB|TiB|TB)?\s*", text, re.I)
+    if not m:
+        raise InputError(f"--gpu {text!r}: write a size like 24GiB or 80GB")
+    unit = (m.group(2) or "GiB").lower()
+    return int(float(m.group(1)) * {"gib": GIB, "gb": 1e9, "mib": 1024**2, "mb": 1e6, "tib": 1024**4, "tb": 1e12}[unit])
+
+
+def load_config(spec: str) -> tuple[dict, str]:
+    """config.json from a folder, a config file, or a Hub id (only that file is downloaded)."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        p = p / "config.json"
+        if not p.is_file():
+            raise InputError(f"{spec} has no config.json; pass a model folder, a config file or a Hub id")
+    elif not p.exists():
+        from quantkit.source import HUB_ID
+
+        if not HUB_ID.match(spec):
+            raise InputError(f"{spec}: no such folder or file; pass a model folder, a config.json or a Hub id")
+        import huggingface_hub
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        try:
+            p = Path(huggingface_hub.hf_hub_download(spec, "config.json"))
+        except (OfflineModeIsEnabled, LocalEntryNotFoundError):
+            raise InputError(f"{spec} is not local and the Hugging Face Hub cannot be reached; pass its config.json") from None
+        except (HfHubHTTPError, OSError) as e:
+            raise InputError(f"could not fetch config.json of {spec} ({e.__class__.__name__}); check the id or pass the file") from None
+    try:
+        cfg = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{p} is not valid JSON; pass a model's config.json") from None
+    cfg = cfg.get("text_config", cfg)
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if k not in cfg]
+    if missing:
+        raise InputError(f"{p} lacks {', '.join(missing)}; pass a Llama-family config.json")
+    return cfg, str(p)
+
+
+@dataclass
+class Estimate:
+    model: str
+    format: str
+    weights_bytes: int
+    weights_method: str
+    kv_dtype: str
+    batch: int
+    kv_bytes_per_token: float
+    overhead_bytes: int
+    contexts: list[dict]
+    max_positions: int
+    gpu_bytes: int | None = None
+    max_context_fitting: int | None = None
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "overhead_assumption": OVERHEAD_ASSUMPTION}
+
+
+def estimate(spec: str, fmt: str = "bf16", contexts: list[int] = (1024,), batch: int = 1,
+             kv_dtype: str = "fp16", gpu: int | None = None) -> Estimate:
+    cfg, where = load_config(spec)
+    w, how = weight_bytes(cfg, fmt)
+    per_tok = kv_bytes_per_token(cfg, kv_dtype)
+    ovh = overhead_bytes(cfg, batch)
+    rows = []
+    for c in contexts:
+        kv = int(per_tok * c * batch)
+        rows.append({"context": c, "weights_bytes": w, "kv_cache_bytes": kv, "overhead_bytes": ovh,
+                     "total_bytes": w + kv + ovh, "fits": None if gpu is None else w + kv + ovh <= gpu})
+    est = Estimate(spec, fmt, w, how, kv_dtype, batch, per_tok, ovh, rows,
+                   Dims.from_config(cfg).max_positions, gpu)
+    if gpu is not None:
+        room = gpu - w - ovh
+        est.max_context_fitting = max(0, min(int(room // (per_tok * batch)), est.max_positions or 1 << 40)) if room > 0 else 0
+    return est
