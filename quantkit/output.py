@@ -78,11 +78,16 @@ def staged(final: Path) -> Iterator[Path]:
     staging.mkdir()
 
     def on_term(signum, frame):
-        raise Interrupted("stopped by SIGTERM; the partial output was removed")
+        # Raising here could land inside a queue or lock of a worker thread and
+        # deadlock the clean-up, so remove the partial folder and leave at once.
+        shutil.rmtree(staging, ignore_errors=True)
+        os.write(2, b"quantkit: error: stopped by SIGTERM; the partial output was removed\n")
+        os._exit(130)
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         yield staging
+        signal.signal(signal.SIGTERM, old)
         if final.exists():
             old_dir = final.parent / f".{final.name}.replaced-{os.getpid()}"
             final.rename(old_dir)

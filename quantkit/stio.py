@@ -276,6 +276,6 @@ class StreamWriter:
 
     def abort(self) -> None:
         try:
-            self._sink.close()
+            self._sink.abort()
         finally:
             self._f.close()

@@ -55,11 +55,18 @@ class Sink:
         self._fn = fn
         self._q: queue.Queue = queue.Queue(depth)
         self._error: BaseException | None = None
+        self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True, name="quantkit-sink")
         self._t.start()
 
     def _run(self) -> None:
-        while (item := self._q.get()) is not _DONE:
+        while not self._stop.is_set():
+            try:
+                item = self._q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                return
             if self._error is None:
                 try:
                     self._fn(item)
@@ -76,3 +83,8 @@ class Sink:
         self._t.join()
         if self._error is not None:
             raise self._error
+
+    def abort(self, timeout: float = 10.0) -> None:
+        """Stop without draining; never blocks on a queue an interrupt may have left half-used."""
+        self._stop.set()
+        self._t.join(timeout)
