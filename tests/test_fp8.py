@@ -84,14 +84,14 @@ def test_smollm2_equals_llmcompressor_and_reports_perplexity(cli, smollm2, tmp_p
     assert r.code == 0, r.err
     ref = reference_fp8(smollm2, tmp_path / "ref")
     assert_same_tensors(load_tensors(tmp_path / "ours"), load_tensors(ref))
-    ev = r.json["evaluation"]
+    ev = r.json["verify"]
     # A trained 135M model on encyclopedia prose: PPL in the tens (22.8 measured on 20k tokens).
     assert 10 < ev["ppl_source"] < 40
     # FP8 costs a small model a few percent at most (1.0105 seen on these 4k tokens);
     # on short texts the sign of so small a change is noise, so only the size is bounded.
     assert 0.98 < ev["ppl_ratio"] < 1.05 and ev["ppl_quant"] != ev["ppl_source"]
     assert ev["tokens_scored"] == 8 * 255
-    assert json.loads((tmp_path / "ours" / "quantkit.json").read_text())["evaluation"] == ev
+    assert json.loads((tmp_path / "ours" / "quantkit.json").read_text())["verify"] == ev
 
 
 def test_tensor_selection_matches_compressed_tensors(smollm2, tiny):

@@ -38,5 +38,5 @@ def test_eval_text_option(cli, tiny, tmp_path):
     text.write_text(default_text("evaluation")[:20_000])
     r = cli("fp8", tiny, "-o", tmp_path / "q", "--eval", "--eval-text", text, "--eval-tokens", "1100", "--json")
     assert r.code == 0, r.err
-    ev = r.json["evaluation"]
+    ev = r.json["verify"]
     assert ev["text"] == f"file {text}" and ev["tokens_scored"] == 2 * 255

@@ -7,6 +7,10 @@ import sys
 import click
 import typer
 
+# Libraries we call draw their own tqdm bars (compressed-tensors while loading);
+# quantkit shows one bar of its own. tqdm reads this when it is first imported.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 from quantkit.cli import convert, inspect_cmd, release, verify_cmd
 from quantkit.errors import QuantkitError
 

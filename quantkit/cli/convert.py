@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from quantkit.output import read_manifest
 from quantkit.cli.common import EXTRA, AllowPickle, Force, Json, Model, Output, emit_json, human_bytes, kv_table, not_yet, notice, stdout
 
 LATER = {
@@ -24,9 +25,9 @@ def register(app: typer.Typer) -> None:
         output: Output = None,
         force: Force = False,
         allow_pickle: AllowPickle = False,
-        eval_: Annotated[bool, typer.Option("--eval", help="Afterwards, measure perplexity of source and result on the evaluation text.")] = False,
+        eval_: Annotated[bool, typer.Option("--eval", help="Afterwards, run `quantkit verify` on the result (PPL, KLD, top-1 agreement against the source).")] = False,
         eval_text: Annotated[Optional[str], typer.Option("--eval-text", help="Evaluation text file or dataset [default: built-in text].")] = None,
-        eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Tokens of evaluation text to use.", min=64)] = 4096,
+        eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Tokens of evaluation text to use.", min=1024)] = 8192,
         json_: Json = False,
     ) -> None:
         """FP8-dynamic: FP8 per-channel weights, per-token dynamic activations, compressed-tensors format (vLLM, transformers).
@@ -38,9 +39,10 @@ def register(app: typer.Typer) -> None:
 
         folder, manifest = convert("fp8", model, output, force, allow_pickle, show_progress=not json_, notice=notice)
         if eval_:
-            from quantkit.evaluate import compare_perplexity
+            from quantkit import verify
 
-            manifest = compare_perplexity(folder, eval_text, eval_tokens, show_progress=not json_)
+            verify.record(verify.verify([folder], None, eval_text, 512, eval_tokens, show_progress=not json_))
+            manifest = read_manifest(folder)
         show_artifact(folder, manifest, json_)
 
     for name, (what, issue) in LATER.items():
@@ -63,11 +65,13 @@ def show_artifact(folder, manifest: dict, json_: bool) -> None:
         ("wall time", f"{manifest['timings']['wall_s']:.1f} s"),
         ("peak RSS", human_bytes(manifest["peak_rss_bytes"])),
     ]
-    ev = manifest.get("evaluation")
+    ev = manifest.get("verify")
     if ev:
         rows += [
             ("PPL source", f"{ev['ppl_source']:.3f} ± {ev['ppl_source_err']:.3f}"),
             ("PPL quantized", f"{ev['ppl_quant']:.3f} ± {ev['ppl_quant_err']:.3f}"),
-            ("PPL ratio", f"{ev['ppl_ratio']:.4f}  ({ev['tokens_scored']} tokens scored, {ev['text']})"),
+            ("PPL ratio", f"{ev['ppl_ratio']:.4f}  ({ev['tokens_scored']:,} tokens scored, {ev['text']})"),
+            ("KLD mean / p99", f"{ev['kld_mean']:.5f} / {ev['kld_p99']:.4f}"),
+            ("top-1 agreement", f"{100 * ev['top1_agreement']:.2f}%"),
         ]
     stdout.print(kv_table("quantkit artifact", rows))

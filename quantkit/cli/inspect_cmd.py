@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
             rows = [("method", m.get("method", "?")), ("source", m.get("source", {}).get("spec", "?")),
                     ("quantkit", m.get("quantkit_version", "?")), ("created", m.get("created", "?")),
                     ("files", str(len(m.get("files", {}))))]
-            ev = m.get("evaluation")
+            ev = m.get("verify")
             if ev:
-                rows.append(("PPL source / quant", f"{ev['ppl_source']:.3f} / {ev['ppl_quant']:.3f} (ratio {ev['ppl_ratio']:.4f})"))
+                rows.append(("verify", f"PPL {ev['ppl_source']:.3f} -> {ev['ppl_quant']:.3f} (ratio {ev['ppl_ratio']:.4f}), "
+                                       f"KLD {ev['kld_mean']:.5f}, top-1 {100 * ev['top1_agreement']:.2f}%"))
             stdout.print(kv_table("manifest (quantkit.json)", rows))

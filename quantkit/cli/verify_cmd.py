@@ -1,17 +1,47 @@
 """verify and vram: the proof behind every artifact, and memory before download."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from quantkit.cli.common import EXTRA, Json, emit_json, human_bytes, kv_table, not_yet, stdout
+from quantkit.cli.common import Json, emit_json, human_bytes, kv_table, stdout
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("verify", context_settings=EXTRA, help="Perplexity, KL divergence and top-token agreement of artifacts against their source; a CI gate. Not available yet (issue 3).")
-    def verify(ctx: typer.Context) -> None:
-        not_yet("verify", "issue 3")
+    @app.command(
+        "verify",
+        epilog="Examples:  quantkit verify SmolLM2-135M-Instruct-FP8-Dynamic   |   "
+        "quantkit verify out/*-FP8-Dynamic model.Q4_K_M.gguf --source ./Llama-3.2-1B --max-ppl-ratio 1.05 --json",
+    )
+    def verify(
+        artifacts: Annotated[list[Path], typer.Argument(help="Artifact folders or .gguf files quantkit reads.", show_default=False)],
+        source: Annotated[Optional[str], typer.Option("--source", help="The unquantized checkpoint [default: the source named in the first artifact's quantkit.json].")] = None,
+        eval_text: Annotated[Optional[str], typer.Option("--eval-text", help="Evaluation text: a file, or a dataset (path:config:split[:column]), e.g. wikitext:wikitext-2-raw-v1:test [default: built-in text].")] = None,
+        ctx: Annotated[int, typer.Option("--ctx", help="Window length in tokens; the second half of each window is scored.")] = 512,
+        tokens: Annotated[int, typer.Option("--tokens", min=0, help="Use the first N tokens of the text (0: all of it).")] = 8192,
+        max_ppl_ratio: Annotated[Optional[float], typer.Option("--max-ppl-ratio", help="Gate: exit 1 if any artifact's PPL ratio exceeds this.")] = None,
+        max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Gate: exit 1 if any artifact's mean KL divergence exceeds this.")] = None,
+        chart: Annotated[Optional[Path], typer.Option("--chart", help="Write a PNG of size against PPL ratio and KLD [default with several artifacts: verify-chart.png].")] = None,
+        record: Annotated[bool, typer.Option("--record/--no-record", help="Write the results into each artifact's quantkit.json.")] = True,
+        json_: Json = False,
+    ) -> None:
+        """Perplexity of source and artifacts on the same token windows, KL divergence, top-token agreement; a CI gate."""
+        from quantkit import verify as v
+
+        results = v.verify(artifacts, source, eval_text, ctx, tokens or None, show_progress=not json_)
+        if record:
+            v.record(results)
+        if chart is None and len(results) > 1:
+            chart = Path("verify-chart.png")
+        if chart is not None:
+            v.chart(results, chart)
+        if json_:
+            emit_json(results[0] if len(results) == 1 else results)
+        else:
+            show_results(results, chart)
+        v.check_gates(results, max_ppl_ratio, max_kld)
 
     @app.command(
         "vram",
@@ -52,3 +82,36 @@ def register(app: typer.Typer) -> None:
         if gpu:
             notes.append(("longest context in " + gpu, f"{est.max_context_fitting:,} tokens (model maximum {est.max_positions:,})"))
         stdout.print(kv_table("how it is counted", notes))
+
+
+def show_results(results: list[dict], chart: Path | None) -> None:
+    from rich.table import Table
+
+    first = results[0]
+    t = Table(title="quantkit verify", title_justify="left")
+    t.add_column("")
+    t.add_column("source", justify="right")
+    for r in results:
+        t.add_column(Path(r["artifact"]).name, justify="right", overflow="fold")
+    rows = [
+        ("format", "", lambda r: r["format"]),
+        ("size", "", lambda r: human_bytes(r["size_bytes"])),
+        ("PPL", f"{first['ppl_source']:.3f} ± {first['ppl_source_err']:.3f}", lambda r: f"{r['ppl_quant']:.3f} ± {r['ppl_quant_err']:.3f}"),
+        ("PPL ratio", "1", lambda r: f"{r['ppl_ratio']:.4f}"),
+        ("KLD mean", "0", lambda r: f"{r['kld_mean']:.5f}"),
+        ("KLD median", "0", lambda r: f"{r['kld_median']:.5f}"),
+        ("KLD p99", "0", lambda r: f"{r['kld_p99']:.4f}"),
+        ("KLD max", "0", lambda r: f"{r['kld_max']:.3f}"),
+        ("top-1 agreement", "100%", lambda r: f"{100 * r['top1_agreement']:.2f}%"),
+        ("RMS Δp", "0", lambda r: f"{100 * r['rms_delta_p']:.3f}%"),
+    ]
+    for label, src, cell in rows:
+        t.add_row(label, src, *(cell(r) for r in results))
+    stdout.print(t)
+    notes = [("source", first["source"]), ("text", first["text"]),
+             ("windows", f"{first['windows']} of {first['ctx']} tokens, {first['tokens_scored']:,} tokens scored per model"),
+             ("method", first["method"])]
+    notes += [(f"activations: {Path(r['artifact']).name}", r["activations"]) for r in results]
+    if chart is not None:
+        notes.append(("chart", str(chart)))
+    stdout.print(kv_table("how it was measured", notes))

@@ -1,0 +1,187 @@
+"""verify: score a source and its quantized artifacts on the same token windows.
+
+Windows follow llama.cpp's perplexity tool: the text is tokenized once with BOS,
+cut into chunks of `ctx` tokens, the first token of each chunk is set to BOS, and
+only the second half of each chunk is scored (positions ctx/2 .. ctx-2 predicting
+the next token). For every scored position: the quantized model's NLL, the KL
+divergence from the source's distribution to the quantized one, whether both
+argmaxes agree, and the change in probability of the true next token.
+Work streams window by window: each model's logits for one window are all that
+is held; per-position figures are kept as one float each for medians and p99.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantkit import output
+from quantkit.errors import InputError, QuantkitError
+from quantkit.loaders import Scorer, load
+from quantkit.progress import CountProgress
+from quantkit.text import load_text
+
+
+class GateFailed(QuantkitError):
+    """A verify gate (--max-ppl-ratio, --max-kld) was exceeded."""
+
+
+def tokenize(tokenizer, text: str, max_tokens: int | None) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    ids = ([bos] if bos is not None else []) + ids
+    return ids[:max_tokens] if max_tokens else ids
+
+
+def windows(ids: list[int], ctx: int, bos: int | None) -> list[list[int]]:
+    chunks = [ids[i : i + ctx] for i in range(0, len(ids) - ctx + 1, ctx)]
+    if bos is not None:
+        chunks = [[bos] + c[1:] for c in chunks]
+    return chunks
+
+
+def ppl_with_error(nll: np.ndarray) -> tuple[float, float]:
+    """PPL and its ± as llama.cpp reports them."""
+    mean = float(nll.mean())
+    ppl = math.exp(mean)
+    var = max(float((nll * nll).mean()) - mean * mean, 0.0)
+    return ppl, ppl * math.sqrt(var / max(len(nll) - 1, 1))
+
+
+@dataclass
+class Tally:
+    nll: list = field(default_factory=list)
+    kld: list = field(default_factory=list)
+    same_top: int = 0
+    dp: list = field(default_factory=list)
+
+    def add_window(self, logp_src: torch.Tensor, logp_q: torch.Tensor, target: torch.Tensor) -> None:
+        self.nll.append(-logp_q.gather(1, target[:, None])[:, 0].double().numpy())
+        p_src = logp_src.exp()
+        self.kld.append((p_src * (logp_src - logp_q)).sum(-1).clamp_min(0).double().numpy())
+        self.same_top += int((logp_src.argmax(-1) == logp_q.argmax(-1)).sum())
+        pt_src = p_src.gather(1, target[:, None])[:, 0]
+        pt_q = logp_q.gather(1, target[:, None])[:, 0].exp()
+        self.dp.append((pt_q - pt_src).double().numpy())
+
+
+def _summary(src_nll: np.ndarray, t: Tally) -> dict:
+    nll, kld, dp = np.concatenate(t.nll), np.concatenate(t.kld), np.concatenate(t.dp)
+    ppl_s, err_s = ppl_with_error(src_nll)
+    ppl_q, err_q = ppl_with_error(nll)
+    return {
+        "ppl_source": ppl_s, "ppl_source_err": err_s,
+        "ppl_quant": ppl_q, "ppl_quant_err": err_q,
+        "ppl_ratio": ppl_q / ppl_s,
+        "kld_mean": float(kld.mean()), "kld_median": float(np.median(kld)),
+        "kld_p99": float(np.percentile(kld, 99)), "kld_max": float(kld.max()),
+        "top1_agreement": t.same_top / len(kld),
+        "rms_delta_p": float(np.sqrt((dp * dp).mean())),
+        "tokens_scored": int(len(kld)),
+    }
+
+
+def verify(quants: list[Path], source: Path | None, eval_text: str | None = None, ctx: int = 512,
+           max_tokens: int | None = 8192, show_progress: bool = False) -> list[dict]:
+    """Score each artifact against the source; returns one result dict per artifact."""
+    from transformers import AutoTokenizer
+
+    quants = [Path(q) for q in quants]
+    if source is None:
+        source = _source_from_manifest(quants[0])
+    if ctx < 16 or ctx % 2:
+        raise InputError(f"--ctx {ctx}: use an even window of at least 16 tokens, e.g. 512")
+    text, described = load_text(eval_text, "evaluation")
+    from quantkit.source import resolve
+
+    src = resolve(str(source))  # the same checks as a conversion source
+    tok = AutoTokenizer.from_pretrained(src.path)
+    chunks = windows(tokenize(tok, text, max_tokens), ctx, tok.bos_token_id)
+    if not chunks:
+        raise InputError(f"the evaluation text gives fewer than {ctx} tokens; pass a longer --eval-text or a larger --tokens")
+    src_model = load(src.path)
+    models: list[Scorer] = [load(q) for q in quants]
+    for q, m in zip(quants, models):
+        if m.vocab_size != src_model.vocab_size:
+            raise InputError(f"{q} has a vocabulary of {m.vocab_size}, the source {src_model.vocab_size}; verify it against its own source")
+    tallies = [Tally() for _ in models]
+    src_nll = []
+    first = ctx // 2
+    with CountProgress(f"scoring {len(chunks)} windows x {1 + len(models)} models", len(chunks), show_progress) as bar:
+        for c in chunks:
+            target = torch.tensor(c[first + 1 :])
+            logp_src = torch.log_softmax(src_model.logits(c)[first:-1], dim=-1)
+            src_nll.append(-logp_src.gather(1, target[:, None])[:, 0].double().numpy())
+            for m, t in zip(models, tallies):
+                logp_q = torch.log_softmax(m.logits(c)[first:-1], dim=-1)
+                t.add_window(logp_src, logp_q, target)
+            bar.advance()
+    src_nll_all = np.concatenate(src_nll)
+    results = []
+    for q, m, t in zip(quants, models, tallies):
+        r = {"artifact": str(q), "format": m.format, "size_bytes": m.size_bytes, "source": str(src.path),
+             **_summary(src_nll_all, t),
+             "ctx": ctx, "windows": len(chunks), "text": described, "activations": m.activations,
+             "method": f"llama.cpp perplexity windows: ctx {ctx}, second half of each scored; "
+                       "transformers on CPU, float32 compute"}
+        results.append(r)
+    return results
+
+
+def _source_from_manifest(artifact: Path) -> Path:
+    m = output.read_manifest(artifact if artifact.is_dir() else artifact.parent)
+    if not m:
+        raise InputError(f"{artifact} has no quantkit.json naming its source; pass --source MODEL")
+    return Path(m["source"]["path"])
+
+
+def record(results: list[dict]) -> list[Path]:
+    """Write each result into its artifact's quantkit.json (where there is one)."""
+    written = []
+    for r in results:
+        art = Path(r["artifact"])
+        folder = art if art.is_dir() else art.parent
+        m = output.read_manifest(folder)
+        if m is None:
+            continue
+        m["verify"] = {k: v for k, v in r.items() if k != "artifact"}
+        output.write_json(folder / output.MANIFEST, m)
+        written.append(folder / output.MANIFEST)
+    return written
+
+
+def check_gates(results: list[dict], max_ppl_ratio: float | None, max_kld: float | None) -> None:
+    failed = []
+    for r in results:
+        if max_ppl_ratio is not None and r["ppl_ratio"] > max_ppl_ratio:
+            failed.append(f"{r['artifact']}: PPL ratio {r['ppl_ratio']:.4f} > --max-ppl-ratio {max_ppl_ratio}")
+        if max_kld is not None and r["kld_mean"] > max_kld:
+            failed.append(f"{r['artifact']}: mean KLD {r['kld_mean']:.4f} > --max-kld {max_kld}")
+    if failed:
+        raise GateFailed("gate failed: " + "; ".join(failed))
+
+
+def chart(results: list[dict], path: Path) -> Path:
+    """PNG: artifact size against PPL ratio and against mean KLD."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "ppl_ratio", "PPL ratio (quant / source)"), (axes[1], "kld_mean", "mean KL divergence")):
+        for r in results:
+            x = r["size_bytes"] / 2**30
+            ax.scatter(x, r[key])
+            ax.annotate(Path(r["artifact"]).name, (x, r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("size (GiB)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"quantkit verify: {results[0]['tokens_scored']} tokens, ctx {results[0]['ctx']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
