@@ -1,6 +1,8 @@
 """Format facts as tables: how to recognise each checkpoint format quantkit reads or writes."""
 from __future__ import annotations
 
+from quantkit.errors import InputError
+
 # Tensor-name suffixes that only quantized checkpoints carry -> the format they mean.
 QUANTIZED_SUFFIXES = {
     ".qweight": "gptq/awq",
@@ -47,3 +49,18 @@ def config_format(config: dict) -> str | None:
     method = qc.get("quant_method")
     fmt = qc.get("format")
     return CONFIG_FORMATS.get((method, fmt)) or CONFIG_FORMATS.get((method, None)) or f"{method} ({fmt})"
+
+MIN_GROUP = 32  # smallest INT4 group size quantkit falls back to
+
+
+def group_size_for(in_features: list[int], requested: int) -> int:
+    """The requested size if it divides every in-features, else the largest power of two
+    below it (down to 32) that does: the group sizes INT4 kernels take (vLLM's Marlin: 32, 64, 128)."""
+    candidates = [requested] + [g for g in (512, 256, 128, 64, 32) if MIN_GROUP <= g < requested]
+    for g in candidates:
+        if all(n % g == 0 for n in in_features):
+            return g
+    raise InputError(
+        f"no group size between {MIN_GROUP} and {requested} divides every layer's input size "
+        f"({sorted(set(in_features))}); pass --group-size that divides them"
+    )

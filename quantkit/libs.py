@@ -17,6 +17,11 @@ def quiet_llmcompressor() -> None:
 
     logger.remove()
     logger.add(lambda msg: sys.stderr.write(msg), level="ERROR", format="{level}: {message}")
+    import logging
+    import warnings
+
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # tracing notice on every layer
+    warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
 
 
 def quiet_transformers() -> None:

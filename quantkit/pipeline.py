@@ -29,13 +29,16 @@ def convert(
     allow_pickle: bool = False,
     show_progress: bool = True,
     notice=lambda msg: None,
+    options: dict | None = None,
 ) -> tuple[Path, dict]:
     """Run one backend on one source; return the artifact folder and its manifest."""
-    backend = REGISTRY[backend_name]()
+    backend = REGISTRY[backend_name](**(options or {}))
     source = resolve(model, allow_pickle=allow_pickle)
     for n in source.notices:
         notice(n)
     final = output.check_target(out or default_output(source, backend.suffix), force)
+    for n in backend.check(source):  # options against this source, before any work
+        notice(n)
     output.check_free_space(final, backend.estimate_bytes(source))
     t0 = time.perf_counter()
     with output.staged(final) as staging:

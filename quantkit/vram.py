@@ -9,6 +9,7 @@ from pathlib import Path
 
 from quantkit.arch import Dims, TensorSpec, tensors
 from quantkit.errors import InputError
+from quantkit.formats import group_size_for
 
 GIB = 1024**3
 
@@ -30,7 +31,6 @@ GGUF_MIXES = {
 GGUF_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 # KV cache element sizes in bytes.
 KV_DTYPES = {"fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-INT4_GROUP = 128
 RUNTIME_BASE = 512 * 1024**2  # CUDA context, allocator slack
 PREFILL_CHUNK = 512
 OVERHEAD_ASSUMPTION = (
@@ -59,8 +59,32 @@ def _layer_of(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+INT4_LAYOUTS = {  # layout -> bytes of one quantized Linear [out, in] at group size g, besides the 4-bit weights
+    "sym": lambda o, i, g: o * (i // g) * 2 + 16,  # compressed-tensors: BF16 scales, weight_shape
+    "asym": lambda o, i, g: o * (i // g) * 2 + o * (i // g) // 2 + 16,  # + 4-bit zero points
+    "gptq": lambda o, i, g: (i // g) * o * 2 + (i // g) * o // 2 + i * 4,  # FP16 scales, qzeros, g_idx
+    "awq": lambda o, i, g: (i // g) * o * 2 + (i // g) * o // 2,  # FP16 scales, qzeros
+}
+
+
+def _int4_bytes(specs, kind: str, layout: str, fmt: str) -> tuple[int, str]:
+    layout = layout or "sym"
+    try:
+        requested = int(kind[len("int4-g"):])
+        extra = INT4_LAYOUTS[layout]
+    except (ValueError, KeyError):
+        raise InputError(f"--format {fmt}: write int4-gGROUP[:sym|asym|gptq|awq], e.g. int4-g128 or int4-g128:awq") from None
+    linears = [t for t in specs if t.role == "linear"]
+    g = group_size_for([t.shape[1] for t in linears], requested)
+    total = sum(math.prod(t.shape) * 2 for t in specs if t.role != "linear")
+    total += sum(math.prod(t.shape) // 2 + extra(t.shape[0], t.shape[1], g) for t in linears)
+    return total, (f"decoder Linear weights 4 bits, group size {g}"
+                   + (f" (the largest that divides every layer; {requested} asked)" if g != requested else "")
+                   + f", {layout} layout's scales/zeros/indices; embeddings, head, norms BF16")
+
+
 def weight_bytes(cfg: dict, fmt: str) -> tuple[int, str]:
-    """(bytes, how they are counted) for a format spec: bf16 | fp16 | fp8 | int4-g128 | exl2:BPW[:HEAD] | gguf:TYPE."""
+    """(bytes, how they are counted) for a format spec: bf16 | fp16 | fp8 | int4-gG[:LAYOUT] | exl2:BPW[:HEAD] | gguf:TYPE."""
     specs = tensors(cfg)
     dims = Dims.from_config(cfg)
     kind, _, arg = fmt.lower().partition(":")
@@ -72,16 +96,8 @@ def weight_bytes(cfg: dict, fmt: str) -> tuple[int, str]:
             n = math.prod(t.shape)
             total += n + t.shape[0] * 2 if t.role == "linear" else n * 2
         return total, "decoder Linear weights 1 byte + one BF16 scale per row; embeddings, head, norms BF16"
-    if kind == "int4-g128":
-        total = 0
-        for t in specs:
-            n = math.prod(t.shape)
-            if t.role == "linear" and t.shape[1] % INT4_GROUP == 0:
-                total += n // 2 + t.shape[0] * (t.shape[1] // INT4_GROUP) * 2 + 16
-            else:
-                total += n * 2
-        return total, ("decoder Linear weights 4 bits + one BF16 scale per 128 values; "
-                       "Linears whose in-features are not a multiple of 128, embeddings, head, norms BF16")
+    if kind.startswith("int4-g"):
+        return _int4_bytes(specs, kind, arg, fmt)
     if kind == "exl2":
         try:
             parts = [float(x) for x in arg.split(":")] if arg else []
@@ -115,7 +131,7 @@ def weight_bytes(cfg: dict, fmt: str) -> tuple[int, str]:
             else:
                 total += _gguf_bytes(t, main)
         return total, f"GGUF {typ}: main type {main}, output {out_t}, attn_v/ffn_down on favoured layers {more}, norms F32 (simplified llama.cpp mix)"
-    raise InputError(f"--format {fmt}: use bf16, fp16, fp8, int4-g128, exl2:BPW[:HEAD_BITS] or gguf:TYPE")
+    raise InputError(f"--format {fmt}: use bf16, fp16, fp8, int4-g128[:asym|gptq|awq], exl2:BPW[:HEAD_BITS] or gguf:TYPE")
 
 
 def kv_bytes_per_token(cfg: dict, kv_dtype: str) -> float:
@@ -146,7 +162,11 @@ def parse_bytes(text: str) -> int:
 
 
 def load_config(spec: str) -> tuple[dict, str]:
-    """config.json from a folder, a config file, or a Hub id (only that file is downloaded)."""
+    """config.json from a folder, a config file, a built-in model, or a Hub id (only that file is downloaded)."""
+    if spec.startswith("builtin:"):
+        from quantkit.fixtures import builtin
+
+        spec = str(builtin(spec.split(":", 1)[1]))
     p = Path(spec).expanduser()
     if p.is_dir():
         p = p / "config.json"

@@ -26,5 +26,8 @@ class Backend(Protocol):
     def estimate_bytes(self, source: Source) -> int:
         """Upper estimate of the artifact's size, for the free-disk check."""
 
+    def check(self, source: Source) -> list[str]:
+        """Refuse options this source cannot take (raise a QuantkitError); return notices."""
+
     def run(self, source: Source, staging: Path, progress: Progress) -> BackendResult:
         """Write the artifact's weights and config.json into staging."""

@@ -103,6 +103,9 @@ class FP8Dynamic:
     def estimate_bytes(self, source: Source) -> int:
         return source.weight_bytes + (1 << 20)
 
+    def check(self, source: Source) -> list[str]:
+        return []
+
     def run(self, source: Source, staging: Path, progress: Progress) -> BackendResult:
         # One torch thread: the reader and writer threads (file I/O, sha256) use the
         # other core, and OpenMP workers spin-waiting beside them cost more than they

@@ -5,15 +5,25 @@ from typing import Annotated, Optional
 
 import typer
 
+from quantkit.errors import InputError
 from quantkit.output import read_manifest
-from quantkit.cli.common import EXTRA, AllowPickle, Force, Json, Model, Output, emit_json, human_bytes, kv_table, not_yet, notice, stdout
+from quantkit.cli.common import EXTRA, AllowPickle, Calibration, Force, Json, Model, Output, emit_json, human_bytes, kv_table, not_yet, notice, stdout
 
 LATER = {
-    "gptq": ("INT4 GPTQ, group size 128, calibrated", "issue 4"),
-    "awq": ("INT4 AWQ with zero points, group size 128, calibrated", "issue 4"),
     "exl2": ("EXL2 as exllamav2 loads it", "issue 6"),
     "gguf": ("GGUF as llama.cpp and Ollama load it", "issue 5"),
 }
+
+EvalFlag = Annotated[bool, typer.Option("--eval", help="Afterwards, run `quantkit verify` on the result (PPL, KLD, top-1 agreement against the source).")]
+EvalText = Annotated[Optional[str], typer.Option("--eval-text", help="Evaluation text file or dataset [default: built-in text].")]
+EvalTokens = Annotated[int, typer.Option("--eval-tokens", help="Tokens of evaluation text to use.", min=1024)]
+
+Layout = Annotated[str, typer.Option("--format", help="compressed-tensors (vLLM, transformers) | gptq (AutoGPTQ layout) | awq (AutoAWQ GEMM layout)")]
+GroupSize = Annotated[int, typer.Option("--group-size", min=32, help="Input columns per scale; falls back to the largest of 64, 32 that divides every layer.")]
+Samples = Annotated[int, typer.Option("--samples", min=1, help="Calibration samples.")]
+SeqLen = Annotated[int, typer.Option("--seq-len", min=16, help="Tokens per calibration sample.")]
+
+
 
 def register(app: typer.Typer) -> None:
     @app.command(
@@ -25,9 +35,9 @@ def register(app: typer.Typer) -> None:
         output: Output = None,
         force: Force = False,
         allow_pickle: AllowPickle = False,
-        eval_: Annotated[bool, typer.Option("--eval", help="Afterwards, run `quantkit verify` on the result (PPL, KLD, top-1 agreement against the source).")] = False,
-        eval_text: Annotated[Optional[str], typer.Option("--eval-text", help="Evaluation text file or dataset [default: built-in text].")] = None,
-        eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Tokens of evaluation text to use.", min=1024)] = 8192,
+        eval_: EvalFlag = False,
+        eval_text: EvalText = None,
+        eval_tokens: EvalTokens = 8192,
         json_: Json = False,
     ) -> None:
         """FP8-dynamic: FP8 per-channel weights, per-token dynamic activations, compressed-tensors format (vLLM, transformers).
@@ -38,18 +48,58 @@ def register(app: typer.Typer) -> None:
         from quantkit.pipeline import convert
 
         folder, manifest = convert("fp8", model, output, force, allow_pickle, show_progress=not json_, notice=notice)
-        if eval_:
-            from quantkit import verify
+        finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
 
-            verify.record(verify.verify([folder], None, eval_text, 512, eval_tokens, show_progress=not json_))
-            manifest = read_manifest(folder)
-        show_artifact(folder, manifest, json_)
+    def run_int4(name, model, output, force, allow_pickle, json_, eval_, eval_text, eval_tokens, options):
+        from quantkit.pipeline import convert
+
+        folder, manifest = convert(name, model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
+        finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
+
+    @app.command("gptq", epilog="Examples:  quantkit gptq builtin:smollm2 --samples 32 --eval   |   quantkit gptq ./Llama-3.1-8B-Instruct --format gptq --act-order group")
+    def gptq(
+        model: Model, output: Output = None, force: Force = False, allow_pickle: AllowPickle = False,
+        format_: Layout = "compressed-tensors", group_size: GroupSize = 128, samples: Samples = 128, seq_len: SeqLen = 512,
+        calibration: Calibration = None,
+        damping: Annotated[float, typer.Option("--damping", min=0.0, max=1.0, help="Hessian dampening, as a fraction of its mean diagonal.")] = 0.01,
+        act_order: Annotated[str, typer.Option("--act-order", help="static (columns by activation size, groups kept contiguous; no runtime cost) | group (g_idx stored) | none")] = "static",
+        eval_: EvalFlag = False, eval_text: EvalText = None, eval_tokens: EvalTokens = 8192, json_: Json = False,
+    ) -> None:
+        """INT4 GPTQ (W4A16 symmetric, group size 128), calibrated layer by layer with llm-compressor."""
+        if act_order not in ("static", "group", "none"):
+            raise InputError(f"--act-order {act_order}: choose static, group or none")
+        run_int4("gptq", model, output, force, allow_pickle, json_, eval_, eval_text, eval_tokens,
+                 dict(layout=format_, group_size=group_size, samples=samples, seq_len=seq_len, calibration=calibration,
+                      damping=damping, act_order=act_order))
+
+    @app.command("awq", epilog="Examples:  quantkit awq builtin:smollm2 --samples 32 --eval   |   quantkit awq ./Llama-3.1-8B-Instruct --format awq")
+    def awq(
+        model: Model, output: Output = None, force: Force = False, allow_pickle: AllowPickle = False,
+        format_: Layout = "compressed-tensors", group_size: GroupSize = 128, samples: Samples = 128, seq_len: SeqLen = 512,
+        calibration: Calibration = None,
+        n_grid: Annotated[int, typer.Option("--grid", min=1, help="Points in AWQ's search for each layer's scales.")] = 20,
+        eval_: EvalFlag = False, eval_text: EvalText = None, eval_tokens: EvalTokens = 8192, json_: Json = False,
+    ) -> None:
+        """INT4 AWQ (W4A16 asymmetric with zero points, group size 128): activation-aware scales, then round-to-nearest."""
+        run_int4("awq", model, output, force, allow_pickle, json_, eval_, eval_text, eval_tokens,
+                 dict(layout=format_, group_size=group_size, samples=samples, seq_len=seq_len, calibration=calibration,
+                      n_grid=n_grid))
 
     for name, (what, issue) in LATER.items():
         def stub(ctx: typer.Context, _name: str = name, _issue: str = issue) -> None:
             not_yet(_name, _issue)
 
         app.command(name, help=f"{what}. Not available yet ({issue}).", context_settings=EXTRA)(stub)
+
+
+def finish(folder, manifest: dict, json_: bool, eval_: bool, eval_text, eval_tokens: int) -> None:
+    """After a conversion: verify it when asked (results go into quantkit.json), then show it."""
+    if eval_:
+        from quantkit import verify
+
+        verify.record(verify.verify([folder], None, eval_text, 512, eval_tokens, show_progress=not json_))
+        manifest = read_manifest(folder)
+    show_artifact(folder, manifest, json_)
 
 
 def show_artifact(folder, manifest: dict, json_: bool) -> None:

@@ -1,0 +1,174 @@
+"""INT4 checkpoint layouts: compressed-tensors pack-quantized, AutoGPTQ, AutoAWQ GEMM.
+
+All three hold the same integers q (0..15 unsigned), zero points z and scales s
+per group of `g` input columns; the dequantized weight is W[o, i] = s[o, G(i)] *
+(q[o, i] - z[o, G(i)]) in every layout. They differ only in how those numbers are
+laid out. Facts per layout are in the table LAYOUT_FACTS; the repacking reads
+compressed-tensors' tensors (unpacked with compressed-tensors' own helper) and
+writes the legacy layout from the same numbers. Why written here: neither
+AutoGPTQ nor AutoAWQ runs with transformers 5, and llm-compressor writes only
+compressed-tensors. Readers used as checks in tests: auto-round's CPU
+QuantLinear for the AutoGPTQ layout, compressed-tensors' AutoAWQConverter for
+the AutoAWQ layout.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from quantkit.errors import InputError
+
+BITS = 4
+PER_INT32 = 32 // BITS
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # AutoAWQ GEMM: nibble k of a word holds column 8j + AWQ_ORDER[k]
+
+LAYOUT_FACTS = {
+    # name: (qweight, qzeros, scales, extra, quantization_config facts)
+    "compressed-tensors": ("weight_packed int32 [out, in/8], signed q+8 packed along in", "weight_zero_point int32 [out/8, in/g] (asymmetric only)",
+                           "weight_scale [out, in/g] in the model dtype", "weight_shape; weight_g_idx with --act-order group",
+                           "quant_method compressed-tensors, format pack-quantized"),
+    "gptq": ("qweight int32 [in/8, out], q packed along in, low nibble first", "qzeros int32 [in/g, out/8], z - 1 packed along out",
+             "scales float16 [in/g, out]", "g_idx int32 [in]: group of each input column",
+             "quant_method gptq, checkpoint_format gptq, sym, desc_act"),
+    "awq": ("qweight int32 [in, out/8], q packed along out in order 0 2 4 6 1 3 5 7", "qzeros int32 [in/g, out/8], z packed the same way",
+            "scales float16 [in/g, out]", "none (no activation order)",
+            "quant_method awq, version gemm, zero_point true"),
+}
+
+
+def _pack_rows(x: torch.Tensor, order: list[int] | None = None) -> torch.Tensor:
+    """Pack unsigned 4-bit values along the last dim, 8 per int32, element k at bits 4k
+    (or element order[k] at bits 4k)."""
+    n, m = x.shape
+    x = x.to(torch.int64).reshape(n, m // PER_INT32, PER_INT32)
+    if order is not None:
+        x = x[:, :, order]
+    shifts = torch.arange(0, 32, BITS, dtype=torch.int64)
+    words = (x << shifts).sum(-1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+@dataclass
+class Module:
+    """One quantized Linear as plain numbers."""
+    q: torch.Tensor  # [out, in] int, 0..15
+    z: torch.Tensor  # [out, groups] int, 0..15
+    s: torch.Tensor  # [out, groups]
+    g_idx: torch.Tensor  # [in] int: group of each input column
+
+
+def read_ct(tensors: dict[str, torch.Tensor], prefix: str, group_size: int) -> Module:
+    """Unpack one compressed-tensors pack-quantized module."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+    shape = torch.Size(tensors[prefix + "weight_shape"].tolist())
+    q = unpack_from_int32(tensors[prefix + "weight_packed"], BITS, shape).to(torch.int32) + 8
+    s = tensors[prefix + "weight_scale"]
+    if prefix + "weight_zero_point" in tensors:
+        z = unpack_from_int32(tensors[prefix + "weight_zero_point"], BITS, s.shape, packed_dim=0).to(torch.int32) + 8
+    else:
+        z = torch.full(s.shape, 8, dtype=torch.int32)
+    g_idx = tensors.get(prefix + "weight_g_idx")
+    if g_idx is None:
+        g_idx = torch.arange(shape[1], dtype=torch.int32) // group_size
+    return Module(q, z, s, g_idx.to(torch.int32))
+
+
+def dequantize(m: Module) -> torch.Tensor:
+    g = m.g_idx.long()
+    return (m.q - m.z[:, g]).float() * m.s[:, g].float()
+
+
+def _fp16(s: torch.Tensor, name: str) -> torch.Tensor:
+    h = s.to(torch.float16)
+    if not torch.equal(h.to(s.dtype), s):
+        raise InputError(f"{name}: a scale does not fit float16 exactly, which the legacy layouts store; use --format compressed-tensors")
+    return h
+
+
+def write_gptq(prefix: str, m: Module) -> dict[str, torch.Tensor]:
+    return {
+        prefix + "qweight": _pack_rows(m.q).T.contiguous(),  # packed along in: [in/8, out]
+        prefix + "qzeros": _pack_rows((m.z - 1).T.contiguous()),  # AutoGPTQ stores z - 1
+        prefix + "scales": _fp16(m.s.T.contiguous(), prefix + "scales"),
+        prefix + "g_idx": m.g_idx.clone(),
+    }
+
+
+def write_awq(prefix: str, m: Module) -> dict[str, torch.Tensor]:
+    return {
+        prefix + "qweight": _pack_rows(m.q.T.contiguous(), AWQ_ORDER),
+        prefix + "qzeros": _pack_rows(m.z.T.contiguous(), AWQ_ORDER),
+        prefix + "scales": _fp16(m.s.T.contiguous(), prefix + "scales"),
+    }
+
+
+def gptq_config(params: dict) -> dict:
+    return {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": BITS, "group_size": params["group_size"],
+            "sym": params["symmetric"], "desc_act": params.get("act_order") == "group",
+            "damp_percent": params.get("damping", 0.01), "true_sequential": True, "static_groups": False,
+            "lm_head": False}
+
+
+def awq_config(params: dict) -> dict:
+    return {"quant_method": "awq", "version": "gemm", "bits": BITS, "group_size": params["group_size"],
+            "zero_point": True, "modules_to_not_convert": None}
+
+
+@dataclass
+class Layout:
+    describe: str
+    write_module: Callable[[str, Module], dict] | None
+    config: Callable[[dict], dict] | None
+    check: Callable[[object], None] = lambda backend: None
+
+
+def _no_act_order(backend) -> None:
+    if getattr(backend, "act_order", "static") == "group":
+        raise InputError("--act-order group needs g_idx, which the AutoAWQ layout lacks; use --format gptq or compressed-tensors")
+
+
+LAYOUTS = {
+    "compressed-tensors": Layout("compressed-tensors INT4 (pack-quantized)", None, None),
+    "gptq": Layout("gptq (AutoGPTQ layout)", write_gptq, gptq_config),
+    "awq": Layout("awq (AutoAWQ GEMM layout)", write_awq, awq_config, _no_act_order),
+}
+
+
+def quantized_prefixes(tensors: dict) -> list[str]:
+    return [k[: -len("weight_packed")] for k in tensors if k.endswith(".weight_packed")]
+
+
+def repack(folder: Path, layout: str, params: dict) -> None:
+    """Rewrite a compressed-tensors pack-quantized folder in place into `layout`."""
+    lay = LAYOUTS[layout]
+    if lay.write_module is None:
+        return
+    weight_map = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(f)
+        out = {}
+        for prefix in quantized_prefixes(tensors):
+            m = read_ct(tensors, prefix, params["group_size"])
+            for k in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx"):
+                tensors.pop(prefix + k, None)
+            out.update(lay.write_module(prefix, m))
+        out.update(tensors)
+        tmp = f.with_name(f.name + ".tmp")
+        save_file(out, tmp, metadata={"format": "pt"})
+        tmp.replace(f)
+        weight_map.update({k: f.name for k in out})
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = dict(sorted(weight_map.items()))
+        index.write_text(json.dumps(data, indent=2) + "\n")
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"] = lay.config(params)
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -1,0 +1,185 @@
+"""INT4 GPTQ and AWQ: the three layouts hold the same weights, read by other people's readers;
+the AWQ CPU workaround; the group-size fallback."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import assert_one_line_error
+from quantkit import layouts
+
+LAYOUTS = ["compressed-tensors", "gptq", "awq"]
+FAST = ["--samples", "8", "--seq-len", "128"]
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.fixture(scope="module")
+def made(tiny, tmp_path_factory):
+    """quantkit gptq and awq on the tiny model, in all three layouts (through the CLI)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("int4")
+    out = {}
+    for method in ("gptq", "awq"):
+        for layout in LAYOUTS:
+            folder = root / f"{method}-{layout}"
+            extra = ["--grid", "4"] if method == "awq" else []
+            r = subprocess.run([sys.executable, "-m", "quantkit", method, str(tiny), "-o", str(folder), "--format", layout,
+                                "--json", *FAST, *extra], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            out[method, layout] = folder
+    return out
+
+
+def _dense_from_transformers(folder: Path) -> dict[str, torch.Tensor]:
+    """compressed-tensors' own decompression, as transformers loads the folder."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model(torch.tensor([[1, 2, 3]]))  # decompresses on the first forward
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+
+
+def _dense_from_autoround_gptq(folder: Path, group_size: int) -> dict[str, torch.Tensor]:
+    """auto-round's CPU QuantLinear for the AutoGPTQ layout (qweight, qzeros stored minus 1, scales, g_idx)."""
+    from auto_round_extension.torch.qlinear_torch_zp import QuantLinear
+
+    t = _tensors(folder)
+    dense = {}
+    for prefix in sorted(k[: -len(".qweight")] for k in t if k.endswith(".qweight")):
+        qweight = t[prefix + ".qweight"]
+        infeatures, outfeatures = qweight.shape[0] * 8, qweight.shape[1]
+        # static act-order keeps groups contiguous: g_idx is i // group_size, which auto-round's
+        # plain path assumes (its g_idx path slices output columns and fails when out > in)
+        assert torch.equal(t[prefix + ".g_idx"], torch.arange(infeatures, dtype=torch.int32) // group_size)
+        ql = QuantLinear(4, group_size, infeatures, outfeatures, bias=False, g_idx=False)
+        ql.qweight, ql.qzeros = qweight, t[prefix + ".qzeros"]
+        ql.scales = t[prefix + ".scales"].float()  # exact products; the layout is what is checked
+        with torch.inference_mode():
+            dense[prefix] = ql(torch.eye(infeatures)).T.contiguous()
+    return dense
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_three_layouts_hold_identical_weights(made, method):
+    ct = made[method, "compressed-tensors"]
+    dense = _dense_from_transformers(ct)
+    group = json.loads((ct / "quantkit.json").read_text())["parameters"]["group_size"]
+    assert group == 128
+
+    # AutoGPTQ layout, read by auto-round's QuantLinear
+    gptq = _dense_from_autoround_gptq(made[method, "gptq"], group)
+    assert sorted(gptq) == sorted(dense)
+    for name in dense:
+        assert torch.equal(gptq[name], dense[name]), name
+
+    # AutoAWQ layout, converted back by compressed-tensors' AutoAWQConverter: the same tensors as ours
+    from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
+
+    awq_dir = made[method, "awq"]
+    cfg = json.loads((awq_dir / "config.json").read_text())["quantization_config"]
+    back = AutoAWQConverter.from_autoawq_config(cfg).process(_tensors(awq_dir))
+    ours = _tensors(ct)
+    for prefix in layouts.quantized_prefixes(ours):
+        mine, theirs = layouts.read_ct(ours, prefix, group), layouts.read_ct(back, prefix, group)
+        assert torch.equal(layouts.dequantize(mine), dense[prefix.rstrip(".")]), prefix
+        assert torch.equal(layouts.dequantize(theirs), dense[prefix.rstrip(".")]), prefix
+
+
+def test_layout_configs(made):
+    g = json.loads((made["gptq", "gptq"] / "config.json").read_text())["quantization_config"]
+    assert g["quant_method"] == "gptq" and g["bits"] == 4 and g["group_size"] == 128 and g["sym"] is True
+    assert g["desc_act"] is False and g["checkpoint_format"] == "gptq"
+    a = json.loads((made["awq", "awq"] / "config.json").read_text())["quantization_config"]
+    assert a == {**a, "quant_method": "awq", "version": "gemm", "zero_point": True, "bits": 4, "group_size": 128}
+    c = json.loads((made["awq", "compressed-tensors"] / "config.json").read_text())["quantization_config"]
+    w = c["config_groups"]["group_0"]["weights"]
+    assert c["format"] == "pack-quantized" and w["symmetric"] is False and w["group_size"] == 128
+    t = _tensors(made["awq", "gptq"])
+    assert t["model.layers.0.self_attn.q_proj.qweight"].dtype == torch.int32
+    assert t["model.layers.0.self_attn.q_proj.scales"].dtype == torch.float16
+    assert "lm_head.weight" in t and t["lm_head.weight"].dtype == torch.bfloat16
+    for folder in made.values():
+        m = json.loads((folder / "quantkit.json").read_text())
+        assert set(m["files"]) >= {"config.json", "model.safetensors"} and "recipe.yaml" not in m["files"]
+
+
+def test_awq_cpu_workaround_is_needed():
+    """llm-compressor's AWQ pins cached activations, which fails without CUDA; our context skips it."""
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    from quantkit.backends.int4 import awq_on_cpu
+
+    assert not torch.cuda.is_available()
+    cache = IntermediatesCache.from_dataloader([{"x": torch.ones(2, 2)}])
+    with pytest.raises(RuntimeError):
+        cache.pin_memory(0)
+    with awq_on_cpu():
+        cache.pin_memory(0)
+    assert IntermediatesCache.pin_memory is not None
+    with pytest.raises(RuntimeError):
+        cache.pin_memory(0)  # restored afterwards
+
+
+def test_group_size_fallback(cli, tiny, tmp_path):
+    """A model whose hidden size (192) is no multiple of 128: group size 64, said and recorded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    src = tmp_path / "narrow"
+    cfg = LlamaConfig(hidden_size=192, intermediate_size=512, num_hidden_layers=2, num_attention_heads=3,
+                      num_key_value_heads=1, vocab_size=1024, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(src)
+    for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if (tiny / f).exists():
+            shutil.copy(tiny / f, src / f)
+    r = cli("gptq", src, "-o", tmp_path / "out", "--json", *FAST)
+    assert r.code == 0, r.err
+    assert "using 64" in r.err
+    assert r.json["parameters"]["group_size"] == 64 and r.json["parameters"]["group_size_requested"] == 128
+    q = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert q["config_groups"]["group_0"]["weights"]["group_size"] == 64
+
+
+def test_group_size_helper():
+    from quantkit.backends.int4 import group_size_for
+
+    assert group_size_for([4096, 14336], 128) == 128  # Llama-3.1-8B
+    assert group_size_for([576, 1536], 128) == 64  # SmolLM2-135M
+    assert group_size_for([960, 2560], 128) == 64  # SmolLM2-360M
+    assert group_size_for([2048, 8192], 128) == 128
+
+
+def test_bad_int4_options(cli, tiny, tmp_path):
+    r = cli("awq", tiny, "-o", tmp_path / "x", "--format", "exl2")
+    assert_one_line_error(r, "--format exl2")
+    r = cli("gptq", tiny, "-o", tmp_path / "x", "--format", "awq", "--act-order", "group")
+    assert_one_line_error(r, "--act-order group", "AutoAWQ")
+    r = cli("gptq", tiny, "-o", tmp_path / "x", "--samples", "100000", "--seq-len", "512")
+    assert_one_line_error(r, "calibration text gives")
+    assert list(tmp_path.iterdir()) == []
+
+
+VRAM_FORMATS = {("gptq", "compressed-tensors"): "int4-g128", ("awq", "compressed-tensors"): "int4-g128:asym",
+                ("gptq", "gptq"): "int4-g128:gptq", ("awq", "gptq"): "int4-g128:gptq",
+                ("gptq", "awq"): "int4-g128:awq", ("awq", "awq"): "int4-g128:awq"}
+
+
+def test_vram_prediction_matches_int4_artifacts(cli, made):
+    from quantkit.inspect import inspect_path
+
+    for key, folder in made.items():
+        real = inspect_path(folder)["weight_bytes"]
+        predicted = cli("vram", folder, "--format", VRAM_FORMATS[key], "--json").json["weights_bytes"]
+        assert abs(predicted - real) / real < 0.01, (key, predicted, real)
