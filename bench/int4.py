@@ -30,23 +30,14 @@ PY = sys.executable
 RTN = """
 import sys
 from pathlib import Path
-from quantkit.backends.int4 import _Int4, IGNORE
+from quantkit.backends.int4 import RTN
 from quantkit.source import resolve
-
-class RTN(_Int4):
-    name = "rtn"
-    def recipe(self, group_size):
-        from llmcompressor.modifiers.quantization import QuantizationModifier
-        return [QuantizationModifier(config_groups=self.scheme(group_size), ignore=IGNORE)]
-
-src, out, sym = resolve(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "sym"
-b = RTN(samples=1, seq_len=64)
-b.symmetric = sym
+src, out = resolve(sys.argv[1]), Path(sys.argv[2])
+b = RTN(symmetric=sys.argv[3] == "sym")
 b.check(src)
 out.mkdir(parents=True)
 b.run(src, out, lambda n: None)
 """
-
 
 DIRECT = """
 import sys, torch

@@ -10,7 +10,9 @@ from quantkit.errors import InputError
 from quantkit.stio import read_header
 
 # Tensors that carry quantization parameters rather than model parameters.
-AUX_SUFFIXES = ("_scale", "_zero_point", ".qzeros", ".scales", ".g_idx", "_global_scale", ".q_scale", ".q_scale_max", ".q_groups", ".q_invperm", ".q_perm")
+AUX_SUFFIXES = ("_scale", "_zero_point", ".qzeros", ".scales", ".g_idx", "_global_scale", ".q_scale", ".q_scale_max", ".q_groups", ".q_invperm", ".q_perm", ".weight_shape", "_g_idx")
+# Packed integer weights: parameters per stored element (4-bit values in int32).
+PACKED = {".weight_packed": 8, ".qweight": 8}
 
 
 def inspect_path(path: Path) -> dict:
@@ -55,7 +57,7 @@ def _tensor_stats(files: list[Path]) -> dict:
             by_dtype[t.dtype] += t.nbytes
             n += 1
             if not t.name.endswith(AUX_SUFFIXES):
-                params += t.numel
+                params += t.numel * next((k for suf, k in PACKED.items() if t.name.endswith(suf) and t.dtype == "I32"), 1)
     return {"tensors": n, "parameters": params, "bytes_per_dtype": dict(by_dtype), "weight_bytes": sum(by_dtype.values())}
 
 

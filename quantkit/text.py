@@ -8,7 +8,7 @@ from quantkit.errors import InputError
 
 # kind -> (packaged file, what it is); see calibration/README.md
 DEFAULTS = {
-    "calibration": ("calibration.txt", "CPython pydoc topics (PSF licence)"),
+    "calibration": ("calibration.txt", "five Shakespeare plays (Gutenberg, public domain) and CPython pydoc topics (PSF licence)"),
     "evaluation": ("eval.txt", "Encyclopaedia Britannica 11th ed., 'Shakespeare' (public domain)"),
 }
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".json", ".jsonl"}

@@ -98,6 +98,16 @@ def test_three_layouts_hold_identical_weights(made, method):
         assert torch.equal(layouts.dequantize(theirs), dense[prefix.rstrip(".")]), prefix
 
 
+def test_inspect_counts_the_source_parameters(made, tiny):
+    from quantkit.inspect import inspect_path
+
+    want = inspect_path(tiny)["parameters"]
+    for (method, layout), folder in made.items():
+        info = inspect_path(folder)
+        assert info["parameters"] == want, (method, layout)
+        assert info["format"].startswith({"compressed-tensors": "compressed-tensors INT4", "gptq": "gptq", "awq": "awq"}[layout])
+
+
 def test_layout_configs(made):
     g = json.loads((made["gptq", "gptq"] / "config.json").read_text())["quantization_config"]
     assert g["quant_method"] == "gptq" and g["bits"] == 4 and g["group_size"] == 128 and g["sym"] is True
@@ -183,3 +193,27 @@ def test_vram_prediction_matches_int4_artifacts(cli, made):
         real = inspect_path(folder)["weight_bytes"]
         predicted = cli("vram", folder, "--format", VRAM_FORMATS[key], "--json").json["weights_bytes"]
         assert abs(predicted - real) / real < 0.01, (key, predicted, real)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_calibrated_beats_round_to_nearest(cli, smollm2, tmp_path, method):
+    """On SmolLM2, GPTQ and AWQ beat plain round-to-nearest of the same scheme (symmetric for GPTQ,
+    with zero points for AWQ) in PPL ratio and mean KLD, measured by verify on the same windows."""
+    from quantkit.backends.int4 import RTN
+    from quantkit.source import resolve
+
+    src = resolve(str(smollm2))
+    rtn = RTN(symmetric=method == "gptq")
+    rtn.check(src)
+    (tmp_path / "rtn").mkdir()
+    rtn.run(src, tmp_path / "rtn", lambda n: None)
+    extra = ["--grid", "5"] if method == "awq" else []
+    r = cli(method, smollm2, "-o", tmp_path / method, "--samples", "16", "--seq-len", "256", "--json", *extra)
+    assert r.code == 0, r.err
+    assert r.json["parameters"]["group_size"] == 64  # 576 is no multiple of 128
+    v = cli("verify", tmp_path / method, tmp_path / "rtn", "--source", smollm2, "--tokens", "2048", "--json", "--no-record")
+    assert v.code == 0, v.err
+    calibrated, baseline = v.json
+    assert calibrated["kld_mean"] < baseline["kld_mean"], (calibrated["kld_mean"], baseline["kld_mean"])
+    assert calibrated["ppl_ratio"] < baseline["ppl_ratio"], (calibrated["ppl_ratio"], baseline["ppl_ratio"])
