@@ -10,7 +10,8 @@ bench/out/int4-quality.json.
 
 overhead: quantkit gptq / awq against calling llm-compressor directly with the
 same settings (the few lines a user would write: same calibration rows, same
-modifiers, sequential pipeline, save_pretrained compressed). Fresh processes:
+modifiers, float32 on CPU as quantkit does, sequential pipeline,
+save_pretrained compressed). Fresh processes:
 wall time and peak RSS; writes bench/out/int4-overhead.json.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ method, out, samples, seq_len, grid = sys.argv[1], sys.argv[2], int(sys.argv[3])
 src = builtin("smollm2")
 tok = AutoTokenizer.from_pretrained(src)
 data = calibration_dataset(tok, default_text("calibration"), samples, seq_len)
-model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)  # as quantkit on CPU
 b = GPTQ() if method == "gptq" else AWQ(n_grid=grid)
 recipe = b.recipe(64)
 ctx = awq_on_cpu() if method == "awq" else torch.no_grad()
@@ -91,7 +92,7 @@ def quality(a) -> None:
 
 def overhead(a) -> None:
     rows = []
-    for method in ("gptq", "awq"):
+    for method in a.methods.split(","):
         extra = ["--grid", str(a.grid)] if method == "awq" else []
         for tool, cmd in (
             ("llm-compressor direct", [PY, "-c", DIRECT, method, str(a.work / f"{method}-direct"), str(a.samples), str(a.seq_len), str(a.grid)]),
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=None)
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--methods", default="gptq,awq", help="overhead: which methods")
     a = ap.parse_args()
     quick = a.what == "overhead"
     a.samples = a.samples or (32 if quick else 128)

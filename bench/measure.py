@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 
 
@@ -20,11 +21,12 @@ def drop_caches() -> bool:
 def run(cmd: list[str], cold: bool = True, env: dict | None = None) -> dict:
     dropped = drop_caches() if cold else False
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read().decode(errors="replace")
-    p.stderr.close()
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty tool must not block on a full pipe
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        err = log.read().decode(errors="replace")
     rc = os.waitstatus_to_exitcode(status)
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}):\n{err[-3000:]}")

@@ -217,3 +217,19 @@ def test_calibrated_beats_round_to_nearest(cli, smollm2, tmp_path, method):
     calibrated, baseline = v.json
     assert calibrated["kld_mean"] < baseline["kld_mean"], (calibrated["kld_mean"], baseline["kld_mean"])
     assert calibrated["ppl_ratio"] < baseline["ppl_ratio"], (calibrated["ppl_ratio"], baseline["ppl_ratio"])
+
+    # SmolLM2's scales fit the legacy layouts too: repack both and read them back with the other readers
+    from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
+
+    params = r.json["parameters"]
+    ours = _tensors(tmp_path / method)
+    dense = {p: layouts.dequantize(layouts.read_ct(ours, p, 64)) for p in layouts.quantized_prefixes(ours)}
+    for layout in ("gptq", "awq"):
+        shutil.copytree(tmp_path / method, tmp_path / layout)
+        layouts.repack(tmp_path / layout, layout, params)
+    gptq = _dense_from_autoround_gptq(tmp_path / "gptq", 64)
+    cfg = json.loads((tmp_path / "awq" / "config.json").read_text())["quantization_config"]
+    back = AutoAWQConverter.from_autoawq_config(cfg).process(_tensors(tmp_path / "awq"))
+    for prefix, w in dense.items():
+        assert torch.equal(gptq[prefix.rstrip(".")], w), prefix
+        assert torch.equal(layouts.dequantize(layouts.read_ct(back, prefix, 64)), w), prefix
