@@ -92,6 +92,8 @@ def _fp16(s: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def write_gptq(prefix: str, m: Module) -> dict[str, torch.Tensor]:
+    if bool((m.z == 0).any()):  # z - 1 would wrap to 15; only symmetric weights (z = 8) are written
+        raise InputError(f"{prefix}: zero point 0 cannot be stored in the AutoGPTQ layout; use --format awq or compressed-tensors")
     return {
         prefix + "qweight": _pack_rows(m.q).T.contiguous(),  # packed along in: [in/8, out]
         prefix + "qzeros": _pack_rows((m.z - 1).T.contiguous()),  # AutoGPTQ stores z - 1
@@ -128,6 +130,12 @@ class Layout:
     check: Callable[[object], None] = lambda backend: None
 
 
+def _symmetric_only(backend) -> None:
+    if not getattr(backend, "symmetric", True):
+        raise InputError("--format gptq holds symmetric weights only (AutoGPTQ stores zero points minus 1, so 0 cannot be "
+                         "stored); for AWQ's zero points use --format awq or compressed-tensors")
+
+
 def _no_act_order(backend) -> None:
     if getattr(backend, "act_order", "static") == "group":
         raise InputError("--act-order group needs g_idx, which the AutoAWQ layout lacks; use --format gptq or compressed-tensors")
@@ -135,7 +143,7 @@ def _no_act_order(backend) -> None:
 
 LAYOUTS = {
     "compressed-tensors": Layout("compressed-tensors INT4 (pack-quantized)", None, None),
-    "gptq": Layout("gptq (AutoGPTQ layout)", write_gptq, gptq_config),
+    "gptq": Layout("gptq (AutoGPTQ layout)", write_gptq, gptq_config, _symmetric_only),
     "awq": Layout("awq (AutoAWQ GEMM layout)", write_awq, awq_config, _no_act_order),
 }
 
