@@ -3,7 +3,7 @@
 All three hold the same integers q (0..15 unsigned), zero points z and scales s
 per group of `g` input columns; the dequantized weight is W[o, i] = s[o, G(i)] *
 (q[o, i] - z[o, G(i)]) in every layout. They differ only in how those numbers are
-laid out. Facts per layout are in the table LAYOUT_FACTS; the repacking reads
+laid out (table in docs/formats.md; `LAYOUTS` below). The repacking reads
 compressed-tensors' tensors (unpacked with compressed-tensors' own helper) and
 writes the legacy layout from the same numbers. Why written here: neither
 AutoGPTQ nor AutoAWQ runs with transformers 5, and llm-compressor writes only
@@ -26,20 +26,6 @@ from quantkit.errors import InputError
 BITS = 4
 PER_INT32 = 32 // BITS
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # AutoAWQ GEMM: nibble k of a word holds column 8j + AWQ_ORDER[k]
-
-LAYOUT_FACTS = {
-    # name: (qweight, qzeros, scales, extra, quantization_config facts)
-    "compressed-tensors": ("weight_packed int32 [out, in/8], signed q+8 packed along in", "weight_zero_point int32 [out/8, in/g] (asymmetric only)",
-                           "weight_scale [out, in/g] in the model dtype", "weight_shape; weight_g_idx with --act-order group",
-                           "quant_method compressed-tensors, format pack-quantized"),
-    "gptq": ("qweight int32 [in/8, out], q packed along in, low nibble first", "qzeros int32 [in/g, out/8], z - 1 packed along out",
-             "scales float16 [in/g, out]", "g_idx int32 [in]: group of each input column",
-             "quant_method gptq, checkpoint_format gptq, sym, desc_act"),
-    "awq": ("qweight int32 [in, out/8], q packed along out in order 0 2 4 6 1 3 5 7", "qzeros int32 [in/g, out/8], z packed the same way",
-            "scales float16 [in/g, out]", "none (no activation order)",
-            "quant_method awq, version gemm, zero_point true"),
-}
-
 
 def _pack_rows(x: torch.Tensor, order: list[int] | None = None) -> torch.Tensor:
     """Pack unsigned 4-bit values along the last dim, 8 per int32, element k at bits 4k

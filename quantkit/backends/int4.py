@@ -122,10 +122,11 @@ class _Int4:
     def check(self, source: Source) -> list[str]:
         """Validate options against the source before any work; choose the group size."""
         layouts.LAYOUTS[self.layout].check(self)
-        self.group = group_size_for(linear_in_features(source), self.group_size)
+        in_features = linear_in_features(source)
+        self.group = group_size_for(in_features, self.group_size)
         if self.group != self.group_size:
             return [f"group size {self.group_size} does not divide every layer's input size "
-                    f"({', '.join(map(str, sorted(set(linear_in_features(source)))))}); using {self.group}, "
+                    f"({', '.join(map(str, sorted(set(in_features))))}); using {self.group}, "
                     "the largest power of two that does (recorded in quantkit.json)"]
         return []
 
