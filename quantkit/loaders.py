@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from quantkit import formats
@@ -66,13 +67,35 @@ def load_hf(path: Path) -> Scorer:
 
 def load_gguf(path: Path) -> Scorer:
     """GGUF through transformers' GGUF loader (dequantized to float32: weight error only)."""
-    files = [path] if path.is_file() else sorted(path.glob("*.gguf"))
-    if len(files) != 1:
-        raise InputError(f"{path} holds {len(files)} .gguf files; pass the one to verify")
-    f = files[0]
+    f = _one_gguf(path)
     model = _load_transformers(f.parent, gguf_file=f.name)
     return Scorer(f, "gguf", f.stat().st_size, "unquantized (float32 compute, weights dequantized)",
                   model.config.vocab_size, _hf_logits(model))
+
+
+def load_gguf_llamacpp(path: Path) -> Scorer:
+    """GGUF in llama.cpp's own runtime (llama-cpp-python, CPU): its kernels, its activation handling."""
+    from quantkit.backends.gguf import llamacpp
+
+    f = _one_gguf(path)
+    llm = llamacpp.load(f, n_ctx=4096)
+
+    def run(ids: list[int]) -> torch.Tensor:
+        if len(ids) > llm.n_ctx():
+            raise InputError(f"--ctx {len(ids)} is longer than quantkit's llama.cpp context ({llm.n_ctx()}); use a shorter --ctx")
+        llm.reset()
+        llm.eval(ids)
+        return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+
+    return Scorer(f, "gguf (llama.cpp)", f.stat().st_size, "llama.cpp CPU kernels (activations quantized as llama.cpp does)",
+                  llm.n_vocab(), run)
+
+
+def _one_gguf(path: Path) -> Path:
+    files = [path] if path.is_file() else sorted(path.glob("*.gguf"))
+    if len(files) != 1:
+        raise InputError(f"{path} holds {len(files)} .gguf files; pass the one to verify")
+    return files[0]
 
 
 def _is_gguf(path: Path) -> bool:
@@ -91,10 +114,18 @@ LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path], Scorer]]] = [
 ]
 
 
-def load(path: Path) -> Scorer:
+# Runtimes a GGUF can be scored in: transformers (dequantized, float32) or llama.cpp itself.
+GGUF_RUNTIMES = {"transformers": load_gguf, "llamacpp": load_gguf_llamacpp}
+
+
+def load(path: Path, gguf_runtime: str = "transformers") -> Scorer:
     path = Path(path)
+    if gguf_runtime not in GGUF_RUNTIMES:
+        raise InputError(f"--runtime {gguf_runtime}: choose {' or '.join(GGUF_RUNTIMES)}")
     if not path.exists():
         raise InputError(f"{path}: no such artifact; pass a folder quantkit wrote or a .gguf file")
+    if gguf_runtime != "transformers" and _is_gguf(path):
+        return GGUF_RUNTIMES[gguf_runtime](path)
     for detect, loader in LOADERS:
         if detect(path):
             return loader(path)

@@ -85,7 +85,7 @@ def _summary(src_nll: np.ndarray, t: Tally) -> dict:
 
 
 def verify(quants: list[Path], source: Path | None, eval_text: str | None = None, ctx: int = 512,
-           max_tokens: int | None = 8192, show_progress: bool = False) -> list[dict]:
+           max_tokens: int | None = 8192, show_progress: bool = False, runtime: str = "transformers") -> list[dict]:
     """Score each artifact against the source; returns one result dict per artifact."""
     from transformers import AutoTokenizer
 
@@ -103,7 +103,7 @@ def verify(quants: list[Path], source: Path | None, eval_text: str | None = None
     if not chunks:
         raise InputError(f"the evaluation text gives fewer than {ctx} tokens; pass a longer --eval-text or a larger --tokens")
     src_model = load(src.path)
-    models: list[Scorer] = [load(q) for q in quants]
+    models: list[Scorer] = [load(q, runtime) for q in quants]
     for q, m in zip(quants, models):
         if m.vocab_size != src_model.vocab_size:
             raise InputError(f"{q} has a vocabulary of {m.vocab_size}, the source {src_model.vocab_size}; verify it against its own source")
@@ -147,7 +147,11 @@ def record(results: list[dict]) -> list[Path]:
         m = output.read_manifest(folder)
         if m is None:
             continue
-        m["verify"] = {k: v for k, v in r.items() if k != "artifact"}
+        figures = {k: v for k, v in r.items() if k != "artifact"}
+        if art.is_file():  # one of several files in a folder (GGUF types): keyed by file name
+            m.setdefault("verify_files", {})[art.name] = figures
+        else:
+            m["verify"] = figures
         output.write_json(folder / output.MANIFEST, m)
         written.append(folder / output.MANIFEST)
     return written

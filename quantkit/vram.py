@@ -13,22 +13,6 @@ from quantkit.formats import group_size_for
 
 GIB = 1024**3
 
-# GGUF block types: (values per block, bytes per block), from ggml's type traits.
-GGUF_BLOCKS = {
-    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
-    "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
-}
-# Type mixes named after their main K type: (main type, type of output.weight, type for the
-# "more bits" tensors attn_v/ffn_down on the layers llama.cpp favours). Simplified from
-# llama.cpp's llama_tensor_get_type; exact mixes arrive with quantkit's own GGUF writer.
-GGUF_MIXES = {
-    "Q2_K": ("Q2_K", "Q6_K", "Q3_K"), "Q3_K_S": ("Q3_K", "Q6_K", "Q3_K"), "Q3_K_M": ("Q3_K", "Q6_K", "Q4_K"),
-    "Q3_K_L": ("Q3_K", "Q6_K", "Q5_K"), "Q4_K_S": ("Q4_K", "Q6_K", "Q4_K"), "Q4_K_M": ("Q4_K", "Q6_K", "Q6_K"),
-    "Q5_K_S": ("Q5_K", "Q6_K", "Q5_K"), "Q5_K_M": ("Q5_K", "Q6_K", "Q6_K"), "Q6_K": ("Q6_K", "Q6_K", "Q6_K"),
-}
-# Fallback when a row length is not a multiple of the block (as llama.cpp does for K types).
-GGUF_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 # KV cache element sizes in bytes.
 KV_DTYPES = {"fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 RUNTIME_BASE = 512 * 1024**2  # CUDA context, allocator slack
@@ -37,26 +21,6 @@ OVERHEAD_ASSUMPTION = (
     "0.5 GiB for the CUDA context and allocator, plus activations of one 512-token prefill "
     "chunk per sequence (hidden x 4 + intermediate x 2 + vocab logits, 2 bytes each)"
 )
-
-
-def _more_bits(layer: int, n_layers: int) -> bool:
-    """llama.cpp's use_more_bits: the first and last eighth, and every third layer between."""
-    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
-
-
-def _gguf_bytes(t: TensorSpec, typ: str) -> int:
-    if len(t.shape) == 1:
-        return t.shape[0] * 4  # norms and biases stay F32
-    cols = t.shape[-1]
-    per, size = GGUF_BLOCKS[typ]
-    if cols % per:
-        return _gguf_bytes(t, GGUF_FALLBACK.get(typ, "F16"))
-    return math.prod(t.shape) // per * size
-
-
-def _layer_of(name: str) -> int:
-    m = re.search(r"layers\.(\d+)\.", name)
-    return int(m.group(1)) if m else -1
 
 
 INT4_LAYOUTS = {  # layout -> bytes of one quantized Linear [out, in] at group size g, besides the 4-bit weights
@@ -115,22 +79,13 @@ def weight_bytes(cfg: dict, fmt: str) -> tuple[int, str]:
                 total += n * 2
         return total, f"decoder Linears at {bpw} bits per weight (scales included), head at {head} bits, embeddings and norms FP16"
     if kind == "gguf":
+        from quantkit.backends.gguf import mix, predicted_bytes
+
         typ = arg.upper()
-        if typ in GGUF_MIXES:
-            main, out_t, more = GGUF_MIXES[typ]
-        elif typ in GGUF_BLOCKS:
-            main = out_t = more = typ
-        else:
-            raise InputError(f"--format {fmt}: unknown GGUF type; use one of {', '.join(sorted(set(GGUF_BLOCKS) | set(GGUF_MIXES)))}")
-        total = 0
-        for t in specs:
-            if t.role == "head" or (t.role == "embedding" and dims.tied):  # tied: token_embd is the output
-                total += _gguf_bytes(t, out_t)
-            elif t.role == "linear" and t.name.endswith(("v_proj.weight", "down_proj.weight")) and _more_bits(_layer_of(t.name), dims.layers):
-                total += _gguf_bytes(t, more)
-            else:
-                total += _gguf_bytes(t, main)
-        return total, f"GGUF {typ}: main type {main}, output {out_t}, attn_v/ffn_down on favoured layers {more}, norms F32 (simplified llama.cpp mix)"
+        if typ not in mix.FILE_TYPES:
+            raise InputError(f"--format {fmt}: unknown GGUF type; use one of {', '.join(mix.FILE_TYPES)}")
+        return predicted_bytes(cfg, typ), (f"GGUF {typ}: each tensor in the type llama.cpp's {typ} mix gives it "
+                                            "(quantkit's GGUF writer uses the same rules), norms F32")
     raise InputError(f"--format {fmt}: use bf16, fp16, fp8, int4-g128[:asym|gptq|awq], exl2:BPW[:HEAD_BITS] or gguf:TYPE")
 
 

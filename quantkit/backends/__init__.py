@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from quantkit.backends.base import Backend, BackendResult
 from quantkit.backends.fp8 import FP8Dynamic
+from quantkit.backends.gguf import GGUF
 from quantkit.backends.int4 import AWQ, GPTQ
 
 REGISTRY: dict[str, type] = {
     "fp8": FP8Dynamic,
     "gptq": GPTQ,
     "awq": AWQ,
+    "gguf": GGUF,
 }
 
 __all__ = ["REGISTRY", "Backend", "BackendResult"]

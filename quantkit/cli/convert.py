@@ -11,7 +11,6 @@ from quantkit.cli.common import EXTRA, AllowPickle, Calibration, Force, Json, Mo
 
 LATER = {
     "exl2": ("EXL2 as exllamav2 loads it", "issue 6"),
-    "gguf": ("GGUF as llama.cpp and Ollama load it", "issue 5"),
 }
 
 EvalFlag = Annotated[bool, typer.Option("--eval", help="Afterwards, run `quantkit verify` on the result (PPL, KLD, top-1 agreement against the source).")]
@@ -84,6 +83,40 @@ def register(app: typer.Typer) -> None:
         run_int4("awq", model, output, force, allow_pickle, json_, eval_, eval_text, eval_tokens,
                  dict(layout=format_, group_size=group_size, samples=samples, seq_len=seq_len, calibration=calibration,
                       n_grid=n_grid))
+
+    @app.command(
+        "gguf",
+        epilog="Examples:  quantkit gguf builtin:smollm2 --type Q4_K_M,Q8_0   |   "
+        "quantkit gguf ./Llama-3.1-8B-Instruct --type Q4_K_M,Q5_K_M,Q6_K --imatrix   |   "
+        "quantkit gguf ./model --type IQ4_XS --engine llamacpp --imatrix",
+    )
+    def gguf(
+        model: Model, output: Output = None, force: Force = False, allow_pickle: AllowPickle = False,
+        type_: Annotated[str, typer.Option("--type", "-t", help="Comma-separated GGUF file types: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K (IQ* with --engine llamacpp). One pass writes them all.")] = "Q4_K_M",
+        imatrix: Annotated[bool, typer.Option("--imatrix", help="Compute an importance matrix from the calibration text (llama.cpp's semantics) and quantize with it; saved as imatrix.gguf.")] = False,
+        imatrix_file: Annotated[Optional[str], typer.Option("--imatrix-file", help="Quantize with this imatrix (GGUF imatrix from quantkit or llama-imatrix).")] = None,
+        imatrix_chunks: Annotated[int, typer.Option("--imatrix-chunks", min=1, help="512-token chunks of calibration text for --imatrix.")] = 64,
+        calibration: Calibration = None,
+        engine: Annotated[str, typer.Option("--engine", help="quantkit (our encoders) | llamacpp (llama.cpp's quantizer for the types we do not encode, e.g. IQ4_XS; needs quantkit[llamacpp]).")] = "quantkit",
+        eval_: EvalFlag = False, eval_text: EvalText = None, eval_tokens: EvalTokens = 8192, json_: Json = False,
+    ) -> None:
+        """GGUF as llama.cpp and Ollama load it: quantkit's own converter and K-quant encoders, one pass for several types.
+
+        Writes <model>-<TYPE>.gguf and an Ollama <model>-<TYPE>.Modelfile for each type into one folder.
+        Tensors stream from the safetensors shards; memory holds one tensor at a time.
+        """
+        from quantkit.pipeline import convert
+
+        options = dict(types=type_, engine=engine, imatrix=imatrix, imatrix_file=imatrix_file,
+                       calibration=calibration, imatrix_chunks=imatrix_chunks)
+        folder, manifest = convert("gguf", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
+        if eval_:
+            from quantkit import verify
+
+            files = sorted(folder.glob("*.gguf"))
+            verify.record(verify.verify(files, None, eval_text, 512, eval_tokens, show_progress=not json_))
+            manifest = read_manifest(folder)
+        show_artifact(folder, manifest, json_)
 
     for name, (what, issue) in LATER.items():
         def stub(ctx: typer.Context, _name: str = name, _issue: str = issue) -> None:

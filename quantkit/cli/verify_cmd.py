@@ -25,12 +25,13 @@ def register(app: typer.Typer) -> None:
         max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Gate: exit 1 if any artifact's mean KL divergence exceeds this.")] = None,
         chart: Annotated[Optional[Path], typer.Option("--chart", help="Write a PNG of size against PPL ratio and KLD [default with several artifacts: verify-chart.png].")] = None,
         record: Annotated[bool, typer.Option("--record/--no-record", help="Write the results into each artifact's quantkit.json.")] = True,
+        runtime: Annotated[str, typer.Option("--runtime", help="Where GGUF artifacts run: transformers (dequantized, float32) | llamacpp (llama.cpp's own kernels; needs quantkit[llamacpp]).")] = "transformers",
         json_: Json = False,
     ) -> None:
         """Perplexity of source and artifacts on the same token windows, KL divergence, top-token agreement; a CI gate."""
         from quantkit import verify as v
 
-        results = v.verify(artifacts, source, eval_text, ctx, tokens or None, show_progress=not json_)
+        results = v.verify(artifacts, source, eval_text, ctx, tokens or None, show_progress=not json_, runtime=runtime)
         if record:
             v.record(results)
         if chart is None and len(results) > 1:

@@ -1,0 +1,234 @@
+"""GGUF as llama.cpp and Ollama load it: quantkit's own converter and encoders.
+
+One pass over the source writes every requested file type: each tensor is read
+once (streamed from the safetensors shards), laid out for llama.cpp (q/k rows
+permuted), and encoded once per distinct ggml type the files need, in chunks of
+rows, so memory holds one source tensor plus a bounded chunk of work.
+
+Types quantkit does not encode itself (IQ*) go to llama.cpp's own quantizer
+with `--engine llamacpp` (needs `quantkit[llamacpp]`), from a BF16 GGUF that
+quantkit writes in the same pass.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+from quantkit.backends.base import BackendResult, Progress
+from quantkit.backends.gguf import convert, encode, mix
+from quantkit.errors import InputError
+from quantkit.source import Source
+from quantkit.stio import HashingReader
+from quantkit.threads import prefetch
+
+ENGINES = ("quantkit", "llamacpp")
+
+
+def type_list(spec: str) -> list[str]:
+    """`Q4_K_M,Q8_0` -> ["Q4_K_M", "Q8_0"], upper-cased, duplicates dropped."""
+    types = [t.strip().upper() for t in spec.split(",") if t.strip()]
+    if not types:
+        raise InputError("--type is empty; pass one or more of " + ", ".join(mix.FILE_TYPES))
+    return list(dict.fromkeys(types))
+
+
+@dataclass
+class OutputFile:
+    file_type: str
+    path: Path
+    types: dict[str, str] = field(default_factory=dict)  # GGUF tensor name -> ggml type
+
+
+class GGUF:
+    name = "gguf"
+    suffix = "GGUF"
+    format = "gguf"
+
+    def __init__(self, types: str = "Q4_K_M", engine: str = "quantkit", imatrix: bool = False,
+                 imatrix_file: str | None = None, calibration: str | None = None, imatrix_chunks: int = 64):
+        self.types = type_list(types)
+        self.engine = engine
+        self.use_imatrix = imatrix or imatrix_file is not None
+        self.imatrix_file = imatrix_file
+        self.calibration = calibration
+        self.imatrix_chunks = imatrix_chunks
+        if engine not in ENGINES:
+            raise InputError(f"--engine {engine}: choose quantkit or llamacpp")
+        unknown = [t for t in self.types if t not in mix.FILE_TYPES]
+        if unknown and engine != "llamacpp":
+            raise InputError(
+                f"--type {unknown[0]}: quantkit encodes {', '.join(mix.FILE_TYPES)}; "
+                "for other llama.cpp types (IQ*) add --engine llamacpp (pip install 'quantkit[llamacpp]')")
+        self.ours = [t for t in self.types if t in mix.FILE_TYPES]
+        self.theirs = [t for t in self.types if t not in mix.FILE_TYPES]
+
+    # -- the Backend interface -------------------------------------------------------------
+
+    def estimate_bytes(self, source: Source) -> int:
+        return sum(predicted_bytes(source.config, t) for t in self.ours) + len(self.theirs) * source.weight_bytes + (64 << 20)
+
+    def check(self, source: Source) -> list[str]:
+        convert.hparams(source.config)  # refuses unsupported architectures
+        notices = []
+        if self.theirs:
+            from quantkit.backends.gguf import llamacpp
+
+            llamacpp.check_types(self.theirs, self.use_imatrix)
+        if self.imatrix_file and not Path(self.imatrix_file).is_file():
+            raise InputError(f"--imatrix-file {self.imatrix_file}: no such file; pass an imatrix written by quantkit or llama-imatrix")
+        if self.use_imatrix and set(self.ours) <= {"F16", "BF16", "Q8_0"} and not self.theirs:
+            notices.append("an imatrix changes nothing for F16, BF16 and Q8_0")
+        return notices
+
+    def run(self, source: Source, staging: Path, progress: Progress) -> BackendResult:
+        from quantkit.backends.gguf import modelfile, vocab
+
+        notices: list[str] = []
+        imx = self._imatrix(source, staging)
+        hp = convert.hparams(source.config)
+        order = [t.name for f in source.weight_files for t in source.headers[f.name].ordered()]
+        shapes = {t.name: t.shape for h in source.headers.values() for t in h.tensors.values()}
+        planned = convert.plan(source.config, order, shapes)
+
+        files = [OutputFile(t, staging / f"{source.name}-{t}.gguf") for t in self.ours]
+        tmp = None
+        if self.theirs:  # llama.cpp quantizes from a lossless GGUF written in the same pass
+            tmp = Path(tempfile.mkdtemp(prefix=".bf16-", dir=staging))
+            files.append(OutputFile("BF16", tmp / f"{source.name}-BF16.gguf"))
+        writers = []
+        try:
+            for f in files:
+                f.types = {p.name: mix.tensor_type(f.file_type, p.name, p.shape, n_layer=hp.n_layer, n_head=hp.n_head,
+                                                   n_head_kv=hp.n_head_kv, tied=hp.tied, arch=hp.arch_name,
+                                                   imatrix=imx is not None)
+                           for p in planned}
+                w = gguf.GGUFWriter(None, hp.arch_name)
+                notices += convert.add_metadata(w, source.config, source.name, mix.FILE_TYPES[f.file_type][0])
+                notices += vocab.add_vocab(w, source.path, hp.vocab)
+                tensors = [(p.name, p.shape, f.types[p.name], _nbytes(f.types[p.name], p.shape)) for p in planned]
+                writers.append(_open(f.path, w, tensors))
+            source_hashes = self._stream(source, planned, files, writers, imx, progress)
+            hashes = {f.path.name: w.close() for f, w in zip(files, writers) if f.path.parent == staging}
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+        if self.theirs:
+            from quantkit.backends.gguf import llamacpp
+
+            for t in self.theirs:
+                out = staging / f"{source.name}-{t}.gguf"
+                llamacpp.quantize(files[-1].path, out, t, imx)
+                files.append(OutputFile(t, out, llamacpp.tensor_types(out)))
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            files = [f for f in files if f.path.parent == staging]
+        for f in files:
+            text, more = modelfile.modelfile(f.path.name, source.path, source.config)
+            (staging / (f.path.stem + ".Modelfile")).write_text(text)
+            notices += more
+        return BackendResult(
+            method="gguf",
+            parameters={
+                "types": self.types,
+                "engine": {t: ("quantkit" if t in self.ours else "llama.cpp") for t in self.types},
+                "imatrix": None if imx is None else {"file": imx.origin, "chunks": imx.chunks},
+                "files": {f.path.name: {"file_type": f.file_type, "tensor_types": _count(f.types)} for f in files},
+                "architecture": hp.arch_name,
+                "notices": sorted(set(notices)),
+            },
+            file_hashes=hashes,
+            source_hashes=source_hashes,
+            format="gguf",
+        )
+
+    # -- the pass over the source ------------------------------------------------------------
+
+    def _imatrix(self, source: Source, staging: Path):
+        if not self.use_imatrix:
+            return None
+        from quantkit.backends.gguf import imatrix
+
+        if self.imatrix_file:
+            return imatrix.load(Path(self.imatrix_file))
+        imx = imatrix.compute(source.path, self.calibration, self.imatrix_chunks)
+        imatrix.save(imx, staging / "imatrix.gguf")
+        return imx
+
+    def _stream(self, source, planned, files, writers, imx, progress) -> dict[str, str]:
+        by_hf = {p.hf_name: p for p in planned if p.hf_name}
+        computed = [p for p in planned if p.hf_name is None]
+        for p in computed:  # rope_freqs: computed from the config, F32 in every file
+            data = convert.llama3_rope_factors(source.config)
+            for w in writers:
+                w.begin(p.name)
+                w.write(data.view(np.uint8))
+        source_hashes = {}
+        for src_file in source.weight_files:
+            reader = HashingReader(source.headers[src_file.name])
+            wanted = {t.name for t in reader.header.ordered() if t.name in by_hf}
+            for info, tensor in prefetch(reader.stream(wanted)):
+                if info.name not in by_hf:  # skipped (tied lm_head, inv_freq): read past it
+                    progress(len(tensor))
+                    continue
+                p = by_hf[info.name]
+                self._encode_tensor(p, tensor, files, writers, None if imx is None else imx.weights(p.name))
+                progress(info.nbytes)
+            source_hashes[src_file.name] = reader.finish()
+        return source_hashes
+
+    @staticmethod
+    def _encode_tensor(p: convert.PlannedTensor, tensor: torch.Tensor, files, writers, weights) -> None:
+        if p.permute_heads:
+            tensor = convert.permute_rows(tensor, p.permute_heads)
+        rows = tensor.reshape(-1, p.shape[-1]) if tensor.dim() > 1 else tensor.reshape(1, -1)
+        for w in writers:
+            w.begin(p.name)
+        step = encode.rows_per_chunk(rows.shape[1])
+        for r in range(0, rows.shape[0], step):
+            chunk = rows[r:r + step].to(torch.float32).numpy()
+            done: dict[str, np.ndarray] = {}
+            for f, w in zip(files, writers):
+                typ = f.types[p.name]
+                if typ not in done:
+                    done[typ] = encode.encode(typ, chunk, weights if typ not in mix.UNQUANTIZED else None)
+                w.write(done[typ])
+
+
+def _nbytes(typ: str, shape: tuple[int, ...]) -> int:
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return rows * encode.row_bytes(typ, shape[-1])
+
+
+def _count(types: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in types.values():
+        out[t] = out.get(t, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _open(path, writer, tensors):
+    from quantkit.backends.gguf.writer import StreamingGGUF
+
+    return StreamingGGUF(path, writer, tensors)
+
+
+def predicted_bytes(config: dict, file_type: str) -> int:
+    """Bytes of the tensor data of a `file_type` file for this config (the metadata adds a little)."""
+    from quantkit.arch import tensors as arch_tensors
+
+    hp = convert.hparams(config)
+    specs = arch_tensors(config)
+    shapes = {t.name: t.shape for t in specs}
+    total = 0
+    for p in convert.plan(config, [t.name for t in specs], shapes):
+        typ = mix.tensor_type(file_type, p.name, p.shape, n_layer=hp.n_layer, n_head=hp.n_head,
+                              n_head_kv=hp.n_head_kv, tied=hp.tied, arch=hp.arch_name)
+        total += _nbytes(typ, p.shape)
+    return total
