@@ -1,6 +1,6 @@
 """Write a random BF16 checkpoint with Llama-3.1-8B's shapes (about 15 GiB, 4 shards), shard by shard.
 
-    python bench/make_checkpoint.py OUT_DIR [--layers 32]
+    python bench/make_checkpoint.py OUT_DIR [--layers 32] [--tokenizer-from DIR]
 
 Values are N(0, 0.02) in BF16: the right shapes and bytes for timing and memory,
 no meaning. Tensors are generated and written one at a time, so this needs
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--tokenizer-from", type=Path, default=None,
+                    help="copy this model's tokenizer files (GGUF conversion needs a vocabulary; it is padded to 128256)")
     args = ap.parse_args()
     cfg = dict(LLAMA_31_8B, num_hidden_layers=args.layers)
     todo = [(t.name, t.shape) for t in tensors(cfg)]
@@ -79,6 +82,12 @@ def main() -> None:
     (args.out / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (args.out / "config.json").write_text(json.dumps(cfg, indent=2))
+    if args.tokenizer_from:
+        from quantkit.source import CARRIED_FILES
+
+        for name in CARRIED_FILES:
+            if (args.tokenizer_from / name).is_file() and name != "generation_config.json":
+                shutil.copyfile(args.tokenizer_from / name, args.out / name)
 
 
 if __name__ == "__main__":

@@ -157,4 +157,6 @@ def show_artifact(folder, manifest: dict, json_: bool) -> None:
             ("KLD mean / p99", f"{ev['kld_mean']:.5f} / {ev['kld_p99']:.4f}"),
             ("top-1 agreement", f"{100 * ev['top1_agreement']:.2f}%"),
         ]
+    for name, ev in sorted((manifest.get("verify_files") or {}).items()):
+        rows.append((name, f"PPL ratio {ev['ppl_ratio']:.4f}, KLD {ev['kld_mean']:.5f}, top-1 {100 * ev['top1_agreement']:.2f}%"))
     stdout.print(kv_table("quantkit artifact", rows))

@@ -11,7 +11,10 @@ quantkit writes in the same pass.
 """
 from __future__ import annotations
 
+import os
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +116,7 @@ class GGUF:
                 tensors = [(p.name, p.shape, f.types[p.name], _nbytes(f.types[p.name], p.shape)) for p in planned]
                 writers.append(_open(f.path, w, tensors))
             source_hashes = self._stream(source, planned, files, writers, imx, progress)
-            hashes = {f.path.name: w.close() for f, w in zip(files, writers) if f.path.parent == staging}
+            hashes = {f.path.name: w.close() for f, w in zip(files, writers)}
         except BaseException:
             for w in writers:
                 w.abort()
@@ -129,6 +132,7 @@ class GGUF:
 
             shutil.rmtree(tmp, ignore_errors=True)
             files = [f for f in files if f.path.parent == staging]
+            hashes = {k: v for k, v in hashes.items() if (staging / k).exists()}
         for f in files:
             text, more = modelfile.modelfile(f.path.name, source.path, source.config)
             (staging / (f.path.stem + ".Modelfile")).write_text(text)
@@ -191,14 +195,37 @@ class GGUF:
         for w in writers:
             w.begin(p.name)
         step = encode.rows_per_chunk(rows.shape[1])
-        for r in range(0, rows.shape[0], step):
+        types = list(dict.fromkeys(f.types[p.name] for f in files))
+
+        def job(r: int) -> dict[str, np.ndarray]:
             chunk = rows[r:r + step].to(torch.float32).numpy()
-            done: dict[str, np.ndarray] = {}
+            return {t: encode.encode(t, chunk, None if t in mix.UNQUANTIZED else weights) for t in types}
+
+        for done in _ordered(job, range(0, rows.shape[0], step)):
             for f, w in zip(files, writers):
-                typ = f.types[p.name]
-                if typ not in done:
-                    done[typ] = encode.encode(typ, chunk, weights if typ not in mix.UNQUANTIZED else None)
-                w.write(done[typ])
+                w.write(done[f.types[p.name]])
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _ordered(fn, items):
+    """fn over items on every core (numpy releases the GIL in the encoders), results in order,
+    at most two per core in flight so memory stays bounded."""
+    global _POOL
+    workers = os.cpu_count() or 1
+    if workers == 1:
+        yield from map(fn, items)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="quantkit-encode")
+    pending: deque = deque()
+    for item in items:
+        pending.append(_POOL.submit(fn, item))
+        if len(pending) >= 2 * workers:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _nbytes(typ: str, shape: tuple[int, ...]) -> int:

@@ -37,7 +37,7 @@ def encoders() -> dict[str, Encoder]:
     return {"F32": _f32, "F16": _f16, "BF16": _bf16, **kquants.ENCODERS, **kquants_qx.ENCODERS}
 
 # Values encoded per call: bounds the encoders' temporaries (a few times this many float32s).
-CHUNK_VALUES = 1 << 22
+CHUNK_VALUES = 1 << 20
 
 
 def row_bytes(typ: str, n_per_row: int) -> int:

@@ -66,7 +66,7 @@ def quantize(src: Path, dst: Path, file_type: str, imatrix=None) -> None:
     params.nthread = os.cpu_count() or 1
     keep = []
     if imatrix is not None:
-        entries = list(imatrix.vectors().items())
+        entries = [(name, imatrix.weights(name)) for name in imatrix.entries]
         arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
         for i, (name, vec) in enumerate(entries):
             v = np.ascontiguousarray(vec, dtype=np.float32)
