@@ -324,3 +324,32 @@ def test_smollm2_vram_within_one_percent(smol_gguf, smollm2):
         assert predicted == tensor_bytes(f), t
         # the rest of the file is the vocabulary (49,152 tokens, merges) and metadata
         assert abs(predicted - f.stat().st_size) / f.stat().st_size < 0.03, (t, predicted, f.stat().st_size)
+
+
+def test_type_mixes_match_llamacpp_on_other_shapes(tiny, tmp_path):
+    """A 16-layer, 4-queries-per-KV-head model with tied embeddings: llama.cpp's quantizer picks,
+    for every tensor and file type, the type quantkit's rules pick (use_more_bits spread, the
+    n_gqa >= 4 rule of Q2_K, tied token_embd treated as the output), and vram predicts its bytes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantkit.pipeline import convert
+    from quantkit.vram import weight_bytes
+
+    src = tmp_path / "gqa4"
+    torch.manual_seed(1)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=16, num_attention_heads=8,
+                      num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(src)
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(tiny / name, src / name)
+    folder, _ = convert("gguf", str(src), tmp_path / "out", show_progress=False, options={"types": "F16"})
+    f16 = folder / "gqa4-F16.gguf"
+    shapes = {t.name: tuple(int(x) for x in reversed(t.shape.tolist())) for t in gguf.GGUFReader(str(f16)).tensors}
+    config = json.loads((src / "config.json").read_text())
+    for typ in ALL_TYPES[2:]:
+        ref = tmp_path / f"{typ}.gguf"
+        llamacpp.quantize(f16, ref, typ)
+        theirs = llamacpp.tensor_types(ref)
+        ours = {n: mix.tensor_type(typ, n, shapes[n], n_layer=16, n_head=8, n_head_kv=2, tied=True) for n in theirs}
+        assert ours == theirs, (typ, {n: (ours[n], theirs[n]) for n in theirs if ours[n] != theirs[n]})
+        assert weight_bytes(config, f"gguf:{typ}")[0] == tensor_bytes(ref), typ
