@@ -157,11 +157,13 @@ class GGUF:
     def _imatrix(self, source: Source, staging: Path):
         if not self.use_imatrix:
             return None
-        from quantkit.backends.gguf import imatrix
+        from quantkit.backends.gguf import imatrix, vocab
 
         if self.imatrix_file:
             return imatrix.load(Path(self.imatrix_file))
-        imx = imatrix.compute(source.path, self.calibration, self.imatrix_chunks)
+        # BOS at the start of each chunk exactly when the GGUF's tokenizer adds it, as llama-imatrix runs it
+        add_bos = vocab.add_bos(source.path, source.config["vocab_size"])[0]
+        imx = imatrix.compute(source.path, self.calibration, self.imatrix_chunks, add_bos=add_bos)
         imatrix.save(imx, staging / "imatrix.gguf")
         return imx
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
@@ -65,10 +65,12 @@ T = gguf.TokenType
 # Each entry carries llama.cpp's regexes for that name (llm_tokenizer_bpe in llama-vocab.cpp) for
 # comparison: llama.cpp spells `(?i:'s|...)` as explicit case classes, and its GPT-2 regex stands
 # for ByteLevel's built-in one, `...|\s+(?!\S)|\s+` (unicode.cpp, unicode_regex_split_custom_gpt2).
-# Checked: for each entry, a tokenizer.json rebuilt from llama.cpp's models/ggml-vocab-<name>.gguf
-# with this signature's pre_tokenizer tokenizes llama.cpp's 46 vocab test strings exactly as the
-# original Hugging Face tokenizer did (models/ggml-vocab-<name>.gguf.out), and tests/test_gguf_vocab.py
-# checks llama.cpp against transformers for each entry on trained tokenizers.
+# Checked: for each entry, a tokenizer.json rebuilt from the real vocabulary in llama.cpp's
+# models/ggml-vocab-<name>.gguf (smollm: starcoder's, which splits the same way) with this
+# signature's pre_tokenizer encodes llama.cpp's 46 vocab test strings exactly as the model's own
+# Hugging Face tokenizer did (models/ggml-vocab-<name>.gguf.out), and llama.cpp with our GGUF of it
+# agrees on them and on quantkit's evaluation text; tests/test_gguf_vocab.py checks each entry
+# against llama.cpp on tokenizers it trains.
 
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -198,7 +200,25 @@ class _Vocab:
             w.add_chat_template(self.chat_template)
 
 
+# Files whose content decides the vocabulary: a rebuild when any changed.
+SOURCE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "config.json", "generation_config.json",
+                "added_tokens.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+_built: dict[tuple, _Vocab] = {}
+
+
 def _build(model_dir: Path, vocab_size: int) -> _Vocab:
+    """The vocabulary for model_dir, built once per process (one GGUF per quantization type asks again)."""
+    stamps = tuple((f, p.stat().st_mtime_ns, p.stat().st_size) for f in SOURCE_FILES if (p := model_dir / f).is_file())
+    key = (str(model_dir.resolve()), vocab_size, stamps)
+    if key not in _built:
+        if len(_built) >= 4:
+            _built.clear()
+        _built[key] = _make(model_dir, vocab_size)
+    v = _built[key]
+    return replace(v, notices=list(v.notices))
+
+
+def _make(model_dir: Path, vocab_size: int) -> _Vocab:
     tj = _read_json(model_dir / "tokenizer.json")
     if tj is not None and _is_byte_level_bpe(tj):
         return _bpe_vocab(model_dir, tj, vocab_size)
