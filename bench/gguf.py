@@ -22,9 +22,11 @@ from pathlib import Path
 from measure import run
 
 HERE = Path(__file__).resolve().parent
+# llama.cpp's quantizer alone: llama_cpp and gguf imported, not quantkit (whose imports include torch)
 LLAMACPP = (
-    "import sys; from quantkit.backends.gguf import llamacpp; "
-    "llamacpp.quantize(sys.argv[1], sys.argv[2], sys.argv[3])"
+    "import ctypes, os, sys, gguf, llama_cpp; p = llama_cpp.llama_model_quantize_default_params(); "
+    "p.ftype = int(gguf.LlamaFileType['MOSTLY_' + sys.argv[3]]); p.nthread = os.cpu_count(); "
+    "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))"
 )
 
 

@@ -353,3 +353,16 @@ def test_type_mixes_match_llamacpp_on_other_shapes(tiny, tmp_path):
         ours = {n: mix.tensor_type(typ, n, shapes[n], n_layer=16, n_head=8, n_head_kv=2, tied=True) for n in theirs}
         assert ours == theirs, (typ, {n: (ours[n], theirs[n]) for n in theirs if ours[n] != theirs[n]})
         assert weight_bytes(config, f"gguf:{typ}")[0] == tensor_bytes(ref), typ
+
+
+def test_rows_straddling_read_chunks(tiny_gguf, tiny, tmp_path, monkeypatch):
+    """Tensors stream from the shards in raw chunks; with chunks that cut rows in odd places the
+    files are byte-identical to those written from whole tensors."""
+    from quantkit import stio
+    from quantkit.pipeline import convert
+
+    monkeypatch.setattr(stio, "CHUNK", 1000)  # 1000 bytes: no row of the tiny model fits evenly
+    folder, _ = convert("gguf", str(tiny), tmp_path / "small-chunks", show_progress=False, options={"types": "BF16,Q4_K_M"})
+    for t in ("BF16", "Q4_K_M"):
+        name = f"tiny-llama-{t}.gguf"
+        assert (folder / name).read_bytes() == (tiny_gguf[0] / name).read_bytes(), t

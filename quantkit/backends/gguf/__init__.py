@@ -26,7 +26,7 @@ from quantkit.backends.base import BackendResult, Progress
 from quantkit.backends.gguf import convert, encode, mix
 from quantkit.errors import InputError
 from quantkit.source import Source
-from quantkit.stio import HashingReader
+from quantkit.stio import DTYPES, HashingReader
 from quantkit.threads import prefetch
 
 ENGINES = ("quantkit", "llamacpp")
@@ -178,34 +178,75 @@ class GGUF:
         source_hashes = {}
         for src_file in source.weight_files:
             reader = HashingReader(source.headers[src_file.name])
-            wanted = {t.name for t in reader.header.ordered() if t.name in by_hf}
-            for info, tensor in prefetch(reader.stream(wanted)):
-                if info.name not in by_hf:  # skipped (tied lm_head, inv_freq): read past it
-                    progress(len(tensor))
+            # q/k are permuted, so read whole (the largest is a few hundred MB even at 70B); the rest,
+            # embeddings and head included, arrive as raw chunks and are encoded a slab of rows at a time
+            whole = {p.hf_name for p in by_hf.values() if p.permute_heads or len(p.shape) < 2}
+            rows: _Rows | None = None
+            for info, data in prefetch(reader.stream(whole)):
+                p = by_hf.get(info.name)
+                if p is None:  # skipped (tied lm_head, inv_freq): read past it
+                    progress(len(data))
                     continue
-                p = by_hf[info.name]
-                self._encode_tensor(p, tensor, files, writers, None if imx is None else imx.weights(p.name))
-                progress(info.nbytes)
+                weights = None if imx is None else imx.weights(p.name)
+                if isinstance(data, torch.Tensor):
+                    self._begin(p, writers)
+                    tensor = convert.permute_rows(data, p.permute_heads) if p.permute_heads else data
+                    self._encode_rows(p, tensor.reshape(-1, p.shape[-1]), files, writers, weights)
+                    progress(info.nbytes)
+                    continue
+                if rows is None or rows.info is not info:
+                    self._begin(p, writers)
+                    rows = _Rows(info)
+                slab = rows.feed(data)
+                if slab is not None:
+                    self._encode_rows(p, slab, files, writers, weights)
+                progress(len(data))
             source_hashes[src_file.name] = reader.finish()
         return source_hashes
 
     @staticmethod
-    def _encode_tensor(p: convert.PlannedTensor, tensor: torch.Tensor, files, writers, weights) -> None:
-        if p.permute_heads:
-            tensor = convert.permute_rows(tensor, p.permute_heads)
-        rows = tensor.reshape(-1, p.shape[-1]) if tensor.dim() > 1 else tensor.reshape(1, -1)
+    def _begin(p: convert.PlannedTensor, writers) -> None:
         for w in writers:
             w.begin(p.name)
+
+    @staticmethod
+    def _encode_rows(p: convert.PlannedTensor, rows: torch.Tensor, files, writers, weights) -> None:
+        """Encode whole rows for every file, in chunks on every core, written in order."""
         step = encode.rows_per_chunk(rows.shape[1])
         types = list(dict.fromkeys(f.types[p.name] for f in files))
 
         def job(r: int) -> dict[str, np.ndarray]:
-            chunk = rows[r:r + step].to(torch.float32).numpy()
-            return {t: encode.encode(t, chunk, None if t in mix.UNQUANTIZED else weights) for t in types}
+            chunk, f32, out = rows[r:r + step], None, {}
+            for t in types:
+                if t in encode.TORCH_TYPES:
+                    out[t] = encode.from_torch(t, chunk)
+                else:
+                    f32 = chunk.to(torch.float32).numpy() if f32 is None else f32
+                    out[t] = encode.encode(t, f32, weights)
+            return out
 
         for done in _ordered(job, range(0, rows.shape[0], step)):
             for f, w in zip(files, writers):
                 w.write(done[f.types[p.name]])
+
+
+class _Rows:
+    """Raw chunks of one tensor -> slabs of whole rows (a row may straddle two chunks)."""
+
+    def __init__(self, info):
+        self.info = info
+        self.dtype = DTYPES[info.dtype][0]
+        self.cols = info.shape[-1]
+        self.row_bytes = self.cols * DTYPES[info.dtype][1]
+        self.carry = bytearray()
+
+    def feed(self, chunk: memoryview) -> torch.Tensor | None:
+        data = memoryview(self.carry + chunk) if self.carry else chunk
+        n = len(data) // self.row_bytes
+        self.carry = bytearray(data[n * self.row_bytes:])
+        if not n:
+            return None
+        return torch.frombuffer(data[: n * self.row_bytes], dtype=self.dtype).reshape(n, self.cols)
 
 
 _POOL: ThreadPoolExecutor | None = None
