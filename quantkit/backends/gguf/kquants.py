@@ -34,12 +34,10 @@ import functools
 
 import numpy as np
 
-from quantkit.backends.gguf.qmath import fp16, fp16_bytes
+from quantkit.backends.gguf.qmath import GROUP_MAX_EPS, fp16, fp16_bytes, nearest_int, seqsum
 
 F32 = np.float32
 QK_K = 256
-GROUP_MAX_EPS = F32(1e-15)
-_MAGIC = F32(12582912.0)  # 1.5 * 2^23
 
 # Values processed per internal step: keeps the search's temporaries in cache.
 CHUNK_VALUES = 1 << 18
@@ -57,45 +55,6 @@ def _quiet(fn):
             return fn(*args, **kwargs)
 
     return wrapper
-
-
-def nearest_int_exact(f: np.ndarray) -> np.ndarray:
-    """ggml's `nearest_int` bit for bit, also outside |f| < 2^22 where C returns
-    garbage rather than the rounded value: int32 of the float32 mantissa of f + 1.5*2^23."""
-    v = (np.asarray(f, dtype=F32) + _MAGIC).view(np.int32)
-    return (v & 0x007FFFFF) - 0x00400000
-
-
-def _seq_is_reduce() -> bool:
-    """Whether np.add.reduce over axis 0 of a C-contiguous [n, m>=2] float32 array adds
-    the rows in order (numpy does, with the outer loop over the reduced axis); checked
-    once on values where any other order gives a different float32 result."""
-    p = np.array([[1.0, 3.0], [2.0 ** 24, -(2.0 ** 24)], [1.0, 1.0], [1.0, 1.0], [-(2.0 ** 24), 2.0 ** 24],
-                  [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], dtype=F32)
-    p = np.concatenate([p] * 4)
-    s = p[0].copy()
-    for i in range(1, p.shape[0]):
-        s = s + p[i]
-    return bool(np.array_equal(np.add.reduce(p, axis=0), s))
-
-
-_REDUCE_OK = _seq_is_reduce()
-
-
-def seqsum(p: np.ndarray, zero_start: bool = True) -> np.ndarray:
-    """Sum over axis 0 in index order, as a C loop ``for (i...) s += p[i]`` does.
-
-    zero_start: the C sum starts at 0 (then a sum is never -0); otherwise it starts at p[0].
-    """
-    if p.shape[0] == 1:
-        s = p[0].copy()
-    elif p.ndim == 2 and p.shape[1] >= 2 and p.flags.c_contiguous and _REDUCE_OK:
-        s = np.add.reduce(p, axis=0)
-    else:
-        s = np.add.accumulate(p, axis=0)[-1]  # accumulate is sequential by definition
-    if zero_start:
-        s += F32(0)
-    return s
 
 
 def _first_extreme(x: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -219,20 +178,20 @@ def make_qp_quants(x: np.ndarray, w: np.ndarray, nmax: int):
     zero = mx < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = fn / mx
-        L0 = (nearest_int_exact(iscale * x) & 0xFF).astype(F32)
+        L0 = (nearest_int(iscale * x) & 0xFF).astype(F32)
         scale = F32(1) / iscale
         d = x - scale * L0
         best = seqsum(w * d * d)
         for k in (-4, -3, -2, -1, 1, 2, 3, 4):
             iscale_k = (F32(0.1) * F32(k) + fn) / mx
             scale_k = F32(1) / iscale_k
-            lk = np.minimum(nearest_int_exact(iscale_k * x), nmax).astype(F32)
+            lk = np.minimum(nearest_int(iscale_k * x), nmax).astype(F32)
             d = x - scale_k * lk
             mse = seqsum(w * d * d)
             upd = mse < best
             best = np.where(upd, mse, best)
             iscale = np.where(upd, iscale_k, iscale)
-        li = np.minimum(nearest_int_exact(iscale * x), nmax)
+        li = np.minimum(nearest_int(iscale * x), nmax)
         lf = li.astype(F32)
         L = (li & 0xFF).astype(F32)
         sumlx = seqsum(w * x * lf)
@@ -248,7 +207,7 @@ def make_qp_quants(x: np.ndarray, w: np.ndarray, nmax: int):
                 ok = (slx > 0) & (sl2 > 0)
                 if not ok.any():
                     continue
-                nl = np.minimum(nearest_int_exact(xi * sl2 / slx), nmax)
+                nl = np.minimum(nearest_int(xi * sl2 / slx), nmax)
                 nlf = nl.astype(F32)
                 ok &= nlf != Li
                 slx = slx + wx * nlf
@@ -297,7 +256,7 @@ def _requantize(xt, L, d, dm, nmax):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         t = xt + dm
         t /= d
-    li = np.clip(nearest_int_exact(t), 0, nmax).astype(F32)
+    li = np.clip(nearest_int(t), 0, nmax).astype(F32)
     np.copyto(L, li, where=nz)
     return L
 
@@ -353,7 +312,7 @@ def _scales_6bit(max_v, v):
     """Q4_K/Q5_K reference: MIN(63, (uint8) nearest_int(63/max * v)), 0 when max <= 0."""
     with np.errstate(divide="ignore"):
         inv = np.where(max_v > 0, F32(63) / max_v, F32(0)).astype(F32)
-    return np.minimum(nearest_int_exact(inv[:, None] * v) & 0xFF, 63)
+    return np.minimum(nearest_int(inv[:, None] * v) & 0xFF, 63)
 
 
 def _pos_max(v):
@@ -448,8 +407,8 @@ def _q2_k(xs, qw):
         with np.errstate(divide="ignore"):
             isc = np.where(max_scale > 0, q4 / max_scale, F32(0)).astype(F32)
             imn = np.where(max_min > 0, q4 / max_min, F32(0)).astype(F32)
-        lsc = np.where(max_scale[:, None] > 0, nearest_int_exact(isc[:, None] * scales), 0)
-        lmn = np.where(max_min[:, None] > 0, nearest_int_exact(imn[:, None] * mins), 0)
+        lsc = np.where(max_scale[:, None] > 0, nearest_int(isc[:, None] * scales), 0)
+        lmn = np.where(max_min[:, None] > 0, nearest_int(imn[:, None] * mins), 0)
         sc = ((lsc & 0xFF) | (lmn << 4)) & 0xFF
         d = fp16(np.where(max_scale > 0, max_scale / q4, F32(0)).astype(F32))
         dmin = fp16(np.where(max_min > 0, max_min / q4, F32(0)).astype(F32))

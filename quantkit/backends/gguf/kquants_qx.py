@@ -31,12 +31,10 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from quantkit.backends.gguf.qmath import fp16, fp16_bytes
+from quantkit.backends.gguf.qmath import GROUP_MAX_EPS, MAGIC, fp16, fp16_bytes, nearest_int, seqsum
 
 F32 = np.float32
 QK_K = 256
-GROUP_MAX_EPS = F32(1e-15)
-_MAGIC = F32(12582912.0)  # 1.5 * 2^23
 
 # values per block, bytes per block
 BLOCK = {"Q3_K": (256, 110), "Q6_K": (256, 210), "Q4_0": (32, 18), "Q5_0": (32, 22), "Q8_0": (32, 34)}
@@ -47,21 +45,6 @@ _PASS_VALUES = 1 << 18
 
 
 # ---------------------------------------------------------------- float helpers
-
-def _nint(x: np.ndarray) -> np.ndarray:
-    """ggml's `nearest_int` bit for bit: add 1.5*2^23 in float32, read the low mantissa bits.
-    Round half to even for |x| < 2^22; the same wrapped value as the C beyond that."""
-    v = (np.asarray(x, F32) + _MAGIC).view(np.int32)
-    return (v & 0x7FFFFF) - 0x400000
-
-
-def _seqsum(p: np.ndarray) -> np.ndarray:
-    """Sum over axis 0 as a C loop does: s = 0; s += p[0]; s += p[1]; ..."""
-    s = p[0] + F32(0)
-    for i in range(1, p.shape[0]):
-        s += p[i]
-    return s
-
 
 def _first_absmax(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """(|x| max, the signed value where |x| first reaches it) along axis 0 or 1 of a 2-D array,
@@ -112,16 +95,16 @@ def make_qx_quants(x: np.ndarray, nmax: int, w: np.ndarray) -> tuple[np.ndarray,
     def levels(iscale):
         # |iscale*x| <= nmax + 1 here, so nearest_int is (v + 1.5*2^23) - 1.5*2^23 in float32
         np.multiply(x, iscale, out=lf)
-        np.add(lf, _MAGIC, out=lf)
-        np.subtract(lf, _MAGIC, out=lf)
+        np.add(lf, MAGIC, out=lf)
+        np.subtract(lf, MAGIC, out=lf)
         return _clamp(lf, lo, hi)
 
     def trial(iscale):
         levels(iscale)
-        sumlx = _seqsum(np.multiply(wx, lf, out=p))
+        sumlx = seqsum(np.multiply(wx, lf, out=p))
         np.multiply(w, lf, out=p)
         np.multiply(p, lf, out=p)  # (w*l)*l
-        return sumlx, _seqsum(p)
+        return sumlx, seqsum(p)
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         best_iscale = F32(-nmax) / mxs
@@ -158,12 +141,12 @@ def make_q3_quants(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray
     wx = w * x
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = F32(-nmax) / mxs
-        l = _clamp(_nint(iscale * x), -nmax, nmax - 1)  # int32 [n, g]
+        l = _clamp(nearest_int(iscale * x), -nmax, nmax - 1)  # int32 [n, g]
         lf = l.astype(F32)
         wxl = wx * lf   # w*x[i]*L[i] of the current L
         wll = w * lf * lf  # w*L[i]*L[i]
-        sumlx = _seqsum(wxl)
-        suml2 = _seqsum(wll)
+        sumlx = seqsum(wxl)
+        suml2 = seqsum(wll)
         # Sweeps. A group with no change in a sweep would make none in the next either, so only
         # the groups that changed go on (compacted). Per position, the new level is computed for
         # every group; the acceptance test only for the few whose level would move.
@@ -179,7 +162,7 @@ def make_q3_quants(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray
             for i in range(n):
                 slx = sx - wxla[i]
                 sl2 = s2 - wlla[i]
-                new = _clamp(_nint(xa[i] * sl2 / slx), -nmax, nmax - 1)
+                new = _clamp(nearest_int(xa[i] * sl2 / slx), -nmax, nmax - 1)
                 cand = np.flatnonzero((new != la[i]) & (slx > 0))
                 if cand.size == 0:
                     continue
@@ -210,64 +193,6 @@ def make_q3_quants(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray
     scale[zero] = 0
     return scale, L
 
-
-def make_qp_quants(x: np.ndarray, nmax: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ggml's `make_qp_quants(n, nmax, x, L, quant_weights=w)` on many groups at once (the
-    6-bit scales and mins of Q4_K/Q5_K and the 4-bit ones of Q2_K on their imatrix paths).
-    x, w: float32 [n, groups], position-major. Returns (scale float32 [groups],
-    L uint8 [n, groups], as the C stores it in uint8_t: in [0, nmax] for x >= 0)."""
-    n, g = x.shape
-    mx = np.maximum.reduce(x, axis=0, initial=F32(0))  # MAX(max, x[i]) from 0
-    zero = mx < GROUP_MAX_EPS
-    mxs = np.where(zero, F32(1), mx)
-    wx = w * x
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        iscale = F32(nmax) / mxs
-        scale = F32(1) / iscale
-        l0 = (_nint(iscale * x) & 0xFF).astype(F32)  # stored in uint8_t before use
-        diff = x - scale * l0
-        best_mse = _seqsum(w * diff * diff)
-        for step in range(-4, 5):
-            if step == 0:
-                continue
-            iscale_is = (F32(0.1) * F32(step) + F32(nmax)) / mxs
-            scale_is = F32(1) / iscale_is
-            diff = x - scale_is * np.minimum(nmax, _nint(iscale_is * x)).astype(F32)
-            mse = _seqsum(w * diff * diff)
-            better = mse < best_mse
-            best_mse = np.where(better, mse, best_mse)
-            iscale = np.where(better, iscale_is, iscale)
-        l = np.minimum(nmax, _nint(iscale * x))
-        lf = l.astype(F32)
-        sumlx = _seqsum(wx * lf)
-        suml2 = _seqsum(w * lf * lf)
-        Lst = (l & 0xFF).astype(F32)  # L[i] as stored (uint8_t)
-        for _ in range(5):
-            changed = np.zeros(g, bool)
-            for i in range(n):
-                li = Lst[i]
-                slx = sumlx - wx[i] * li
-                sl2 = suml2 - w[i] * li * li
-                new = np.minimum(nmax, _nint(x[i] * sl2 / slx)).astype(F32)
-                slx2 = slx + wx[i] * new
-                sl22 = sl2 + w[i] * new * new
-                ok = (slx > 0) & (sl2 > 0) & (new != li) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                if ok.any():
-                    Lst[i] = np.where(ok, (new.astype(np.int32) & 0xFF).astype(F32), li)
-                    sumlx = np.where(ok, slx2, sumlx)
-                    suml2 = np.where(ok, sl22, suml2)
-                    changed |= ok
-            if not changed.any():
-                break
-        scale = np.zeros(g, F32)
-        np.divide(sumlx, suml2, out=scale, where=suml2 > 0)
-    L = Lst.astype(np.uint8)
-    L[:, zero] = 0
-    scale[zero] = 0
-    return scale, L
-
-
-# ---------------------------------------------------------------- layout helpers
 
 def _pos_major(rows: np.ndarray, k: int) -> np.ndarray:
     """rows [..., n] float32 -> [k, n/k * rows] (value j of every k-group in row j)."""
@@ -332,10 +257,10 @@ def _q6_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = F32(-128) / np.where(zero, F32(1), max_scale)
         d = F32(1) / iscale
-        sc = np.minimum(127, _nint(iscale[:, None] * S))  # [nb, 16]
+        sc = np.minimum(127, nearest_int(iscale[:, None] * S))  # [nb, 16]
         dd = (fp16(d)[:, None] * sc.astype(F32)).reshape(-1)  # per subblock
         nz = dd != 0
-        lnew = _clamp(_nint(x / np.where(nz, dd, F32(1))), -32, 31) + 32
+        lnew = _clamp(nearest_int(x / np.where(nz, dd, F32(1))), -32, 31) + 32
     L = np.where(nz, lnew, L)
     # L [16, subblocks] -> per superblock value order [nb, 256]
     Lb = L.T.reshape(nb, 2, 4, 32).astype(np.uint8)  # half, quarter, l
@@ -370,7 +295,7 @@ def _q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         has = max_scale != 0
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             iscale = F32(-32) / np.where(has, max_scale, F32(1))
-            ls = _clamp(_nint(iscale[:, None] * S), -32, 31) + 32
+            ls = _clamp(nearest_int(iscale[:, None] * S), -32, 31) + 32
             d = np.where(has, F32(1) / iscale, F32(0))
         ls[~has] = 0
     else:
@@ -381,7 +306,7 @@ def _q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         qw = _imatrix_pos_major(imatrix, nrows, n, 16)
         w = qw * np.sqrt(np.repeat(sigma2, 16)[None, :] + x * x)
         del qw
-        sw = _seqsum(w)  # [subblocks]
+        sw = seqsum(w)  # [subblocks]
         scales, L = make_qx_quants(x, 4, w)
         del w
         d, ls = make_qx_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 32,
@@ -391,7 +316,7 @@ def _q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         dd = (fp16(d)[:, None] * sc.astype(F32)).reshape(-1)
         nz = dd != 0
-        lnew = _clamp(_nint(x / np.where(nz, dd, F32(1))), -4, 3) + 4
+        lnew = _clamp(nearest_int(x / np.where(nz, dd, F32(1))), -4, 3) + 4
     L = np.where(nz, lnew, L)
     Lb = L.T.reshape(nb, QK_K).astype(np.uint8)
     out = np.empty((nb, 110), np.uint8)
