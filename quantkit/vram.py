@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.arch import Dims, TensorSpec, tensors
+from quantkit.arch import Dims, tensors
 from quantkit.errors import InputError
 from quantkit.formats import group_size_for
 
@@ -50,7 +50,6 @@ def _int4_bytes(specs, kind: str, layout: str, fmt: str) -> tuple[int, str]:
 def weight_bytes(cfg: dict, fmt: str) -> tuple[int, str]:
     """(bytes, how they are counted) for a format spec: bf16 | fp16 | fp8 | int4-gG[:LAYOUT] | exl2:BPW[:HEAD] | gguf:TYPE."""
     specs = tensors(cfg)
-    dims = Dims.from_config(cfg)
     kind, _, arg = fmt.lower().partition(":")
     if kind in ("bf16", "fp16"):
         return sum(math.prod(t.shape) * 2 for t in specs), "every tensor 2 bytes"
