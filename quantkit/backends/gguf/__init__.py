@@ -11,7 +11,9 @@ quantkit writes in the same pass.
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,9 @@ from quantkit.stio import DTYPES, HashingReader
 from quantkit.threads import prefetch
 
 ENGINES = ("quantkit", "llamacpp")
+# gguf's SpecialVocab logs what it skips (e.g. a post-processor's pair template) as warnings on
+# stderr; what matters to the user comes back as notices instead.
+logging.getLogger("gguf").setLevel(logging.ERROR)
 
 
 def type_list(spec: str) -> list[str]:
@@ -60,6 +65,7 @@ class GGUF:
         self.imatrix_file = imatrix_file
         self.calibration = calibration
         self.imatrix_chunks = imatrix_chunks
+        self.notices: list[str] = []
         if engine not in ENGINES:
             raise InputError(f"--engine {engine}: choose quantkit or llamacpp")
         unknown = [t for t in self.types if t not in mix.FILE_TYPES]
@@ -76,8 +82,15 @@ class GGUF:
         return sum(predicted_bytes(source.config, t) for t in self.ours) + len(self.theirs) * source.weight_bytes + (64 << 20)
 
     def check(self, source: Source) -> list[str]:
-        convert.hparams(source.config)  # refuses unsupported architectures
-        notices = []
+        """Everything that can be refused before work: architecture, rope, tokenizer, types, files.
+        The metadata, vocabulary and Modelfile are built once here (cached) for their notices."""
+        from quantkit.backends.gguf import modelfile, vocab
+
+        hp = convert.hparams(source.config)
+        w = gguf.GGUFWriter(None, hp.arch_name)
+        notices = convert.add_metadata(w, source.config, source.name, 0)
+        notices += vocab.add_vocab(w, source.path, hp.vocab)
+        notices += modelfile.modelfile(f"{source.name}.gguf", source.path, source.config)[1]
         if self.theirs:
             from quantkit.backends.gguf import llamacpp
 
@@ -86,12 +99,12 @@ class GGUF:
             raise InputError(f"--imatrix-file {self.imatrix_file}: no such file; pass an imatrix written by quantkit or llama-imatrix")
         if self.use_imatrix and set(self.ours) <= {"F16", "BF16", "Q8_0"} and not self.theirs:
             notices.append("an imatrix changes nothing for F16, BF16 and Q8_0")
-        return notices
+        self.notices = list(dict.fromkeys(notices))
+        return self.notices
 
     def run(self, source: Source, staging: Path, progress: Progress) -> BackendResult:
         from quantkit.backends.gguf import modelfile, vocab
 
-        notices: list[str] = []
         imx = self._imatrix(source, staging)
         hp = convert.hparams(source.config)
         order = [t.name for f in source.weight_files for t in source.headers[f.name].ordered()]
@@ -106,13 +119,10 @@ class GGUF:
         writers = []
         try:
             for f in files:
-                f.types = {p.name: mix.tensor_type(f.file_type, p.name, p.shape, n_layer=hp.n_layer, n_head=hp.n_head,
-                                                   n_head_kv=hp.n_head_kv, tied=hp.tied, arch=hp.arch_name,
-                                                   imatrix=imx is not None)
-                           for p in planned}
+                f.types = tensor_types(f.file_type, planned, hp, imatrix=imx is not None)
                 w = gguf.GGUFWriter(None, hp.arch_name)
-                notices += convert.add_metadata(w, source.config, source.name, mix.FILE_TYPES[f.file_type][0])
-                notices += vocab.add_vocab(w, source.path, hp.vocab)
+                convert.add_metadata(w, source.config, source.name, mix.FILE_TYPES[f.file_type][0])
+                vocab.add_vocab(w, source.path, hp.vocab)
                 tensors = [(p.name, p.shape, f.types[p.name], _nbytes(f.types[p.name], p.shape)) for p in planned]
                 writers.append(_open(f.path, w, tensors))
             source_hashes = self._stream(source, planned, files, writers, imx, progress)
@@ -128,15 +138,11 @@ class GGUF:
                 out = staging / f"{source.name}-{t}.gguf"
                 llamacpp.quantize(files[-1].path, out, t, imx)
                 files.append(OutputFile(t, out, llamacpp.tensor_types(out)))
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             files = [f for f in files if f.path.parent == staging]
             hashes = {k: v for k, v in hashes.items() if (staging / k).exists()}
         for f in files:
-            text, more = modelfile.modelfile(f.path.name, source.path, source.config)
-            (staging / (f.path.stem + ".Modelfile")).write_text(text)
-            notices += more
+            (staging / (f.path.stem + ".Modelfile")).write_text(modelfile.modelfile(f.path.name, source.path, source.config)[0])
         return BackendResult(
             method="gguf",
             parameters={
@@ -145,7 +151,7 @@ class GGUF:
                 "imatrix": None if imx is None else {"file": imx.origin, "chunks": imx.chunks},
                 "files": {f.path.name: {"file_type": f.file_type, "tensor_types": _count(f.types)} for f in files},
                 "architecture": hp.arch_name,
-                "notices": sorted(set(notices)),
+                "notices": self.notices,
             },
             file_hashes=hashes,
             source_hashes=source_hashes,
@@ -293,12 +299,15 @@ def predicted_bytes(config: dict, file_type: str) -> int:
     """Bytes of the tensor data of a `file_type` file for this config (the metadata adds a little)."""
     from quantkit.arch import tensors as arch_tensors
 
-    hp = convert.hparams(config)
     specs = arch_tensors(config)
-    shapes = {t.name: t.shape for t in specs}
-    total = 0
-    for p in convert.plan(config, [t.name for t in specs], shapes):
-        typ = mix.tensor_type(file_type, p.name, p.shape, n_layer=hp.n_layer, n_head=hp.n_head,
-                              n_head_kv=hp.n_head_kv, tied=hp.tied, arch=hp.arch_name)
-        total += _nbytes(typ, p.shape)
-    return total
+    planned = convert.plan(config, [t.name for t in specs], {t.name: t.shape for t in specs})
+    types = tensor_types(file_type, planned, convert.hparams(config))
+    return sum(_nbytes(types[p.name], p.shape) for p in planned)
+
+
+def tensor_types(file_type: str, planned: list[convert.PlannedTensor], hp: convert.Hparams,
+                 imatrix: bool = False) -> dict[str, str]:
+    """GGUF tensor name -> ggml type in a `file_type` file."""
+    return {p.name: mix.tensor_type(file_type, p.name, p.shape, n_layer=hp.n_layer, n_head=hp.n_head,
+                                    n_head_kv=hp.n_head_kv, tied=hp.tied, arch=hp.arch_name, imatrix=imatrix)
+            for p in planned}
