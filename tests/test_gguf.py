@@ -366,3 +366,13 @@ def test_rows_straddling_read_chunks(tiny_gguf, tiny, tmp_path, monkeypatch):
     for t in ("BF16", "Q4_K_M"):
         name = f"tiny-llama-{t}.gguf"
         assert (folder / name).read_bytes() == (tiny_gguf[0] / name).read_bytes(), t
+
+
+def test_eval_records_each_file(cli, tiny, tmp_path):
+    r = cli("gguf", tiny, "--type", "Q8_0,Q2_K", "--eval", "--eval-tokens", "2048", "-o", tmp_path / "o", "--json")
+    assert r.code == 0, r.err
+    figures = r.json["verify_files"]
+    assert set(figures) == {"tiny-llama-Q8_0.gguf", "tiny-llama-Q2_K.gguf"}
+    q8, q2 = figures["tiny-llama-Q8_0.gguf"], figures["tiny-llama-Q2_K.gguf"]
+    assert abs(q8["ppl_ratio"] - 1) < 0.01 and q8["kld_mean"] < q2["kld_mean"]
+    assert json.loads((tmp_path / "o" / "quantkit.json").read_text())["verify_files"] == figures

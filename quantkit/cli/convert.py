@@ -110,13 +110,7 @@ def register(app: typer.Typer) -> None:
         options = dict(types=type_, engine=engine, imatrix=imatrix, imatrix_file=imatrix_file,
                        calibration=calibration, imatrix_chunks=imatrix_chunks)
         folder, manifest = convert("gguf", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
-        if eval_:
-            from quantkit import verify
-
-            files = sorted(folder.glob("*.gguf"))
-            verify.record(verify.verify(files, None, eval_text, 512, eval_tokens, show_progress=not json_))
-            manifest = read_manifest(folder)
-        show_artifact(folder, manifest, json_)
+        finish(folder, manifest, json_, eval_, eval_text, eval_tokens, targets=sorted(folder.glob("*.gguf")))
 
     for name, (what, issue) in LATER.items():
         def stub(ctx: typer.Context, _name: str = name, _issue: str = issue) -> None:
@@ -125,12 +119,13 @@ def register(app: typer.Typer) -> None:
         app.command(name, help=f"{what}. Not available yet ({issue}).", context_settings=EXTRA)(stub)
 
 
-def finish(folder, manifest: dict, json_: bool, eval_: bool, eval_text, eval_tokens: int) -> None:
-    """After a conversion: verify it when asked (results go into quantkit.json), then show it."""
+def finish(folder, manifest: dict, json_: bool, eval_: bool, eval_text, eval_tokens: int, targets=None) -> None:
+    """After a conversion: verify it when asked (the folder, or `targets` in it; results go into
+    quantkit.json), then show it."""
     if eval_:
         from quantkit import verify
 
-        verify.record(verify.verify([folder], None, eval_text, 512, eval_tokens, show_progress=not json_))
+        verify.record(verify.verify(targets or [folder], None, eval_text, 512, eval_tokens, show_progress=not json_))
         manifest = read_manifest(folder)
     show_artifact(folder, manifest, json_)
 
