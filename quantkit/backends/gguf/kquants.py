@@ -303,6 +303,17 @@ def _sub_t(xs, sub):
     return np.ascontiguousarray(xs.reshape(-1, sub).T)
 
 
+def _imatrix_weights(xs, xt, qw, sigma2, sub):
+    """Per-value weights qw[col] * sqrt(sigma2 + x^2) (sub-block major, as _sub_t lays them out)
+    and their sum per sub-block, transposed to [sub-blocks per super-block, super-blocks]."""
+    per = QK_K // sub
+    w = xt * xt
+    w += np.repeat(sigma2, per)
+    np.sqrt(w, out=w)
+    w *= _sub_t(qw, sub)
+    return w, seqsum(w).reshape(xs.shape[0], per).T.copy()
+
+
 def _sb_sum_x2(xs):
     """Per super-block ``for l in 0..255: s += x[l]*x[l]`` -> [b]."""
     return seqsum(np.ascontiguousarray((xs * xs).T))
@@ -349,13 +360,7 @@ def _k4_blocks(xs, qw, nmax, ref_search, impl_clamp63):
         d = fp16(max_scale / F32(63))
         dmin = fp16(max_min / F32(63))
     else:
-        sigma2 = F32(2) * _sb_sum_x2(xs) / F32(QK_K)
-        s2 = np.repeat(sigma2, 8)
-        w = xt * xt
-        w += s2
-        np.sqrt(w, out=w)
-        w *= _sub_t(qw, 32)
-        sw = seqsum(w).reshape(b, 8).T.copy()
+        w, sw = _imatrix_weights(xs, xt, qw, F32(2) * _sb_sum_x2(xs) / F32(QK_K), 32)
         L, scales, mins = make_qkx_quants(xt, w, nmax, -0.9, 0.05, 36)
         d_block, m_block, ls, lm = _qp_scales_mins(scales, mins, sw, 63)
         if impl_clamp63:
@@ -413,13 +418,7 @@ def _q2_k(xs, qw):
         d = fp16(np.where(max_scale > 0, max_scale / q4, F32(0)).astype(F32))
         dmin = fp16(np.where(max_min > 0, max_min / q4, F32(0)).astype(F32))
     else:
-        sigma2 = _sb_sum_x2(xs) / F32(QK_K)
-        s2 = np.repeat(sigma2, 16)
-        w = xt * xt
-        w += s2
-        np.sqrt(w, out=w)
-        w *= _sub_t(qw, 16)
-        sw = seqsum(w).reshape(b, 16).T.copy()
+        w, sw = _imatrix_weights(xs, xt, qw, _sb_sum_x2(xs) / F32(QK_K), 16)
         L, scales, mins = make_qkx_quants(xt, w, 3, -0.9, 0.05, 36)
         dm, mm, ls, lm = _qp_scales_mins(scales, mins, sw, 15)
         sc = (ls.astype(np.int32) | (lm.astype(np.int32) << 4)) & 0xFF
