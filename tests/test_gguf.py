@@ -227,15 +227,16 @@ def test_imatrix_quantization_matches_llamacpp(tiny, tmp_path):
 
 
 def test_engine_llamacpp_for_iq_types(cli, tiny, tmp_path):
-    r = cli("gguf", tiny, "--type", "Q4_K_M,IQ4_XS", "--engine", "llamacpp", "-o", tmp_path / "o", "--json")
+    r = cli("gguf", tiny, "--type", "Q4_K_M,IQ4_XS,IQ4_NL", "--engine", "llamacpp", "-o", tmp_path / "o", "--json")
     assert r.code == 0, r.err
     f = tmp_path / "o" / "tiny-llama-IQ4_XS.gguf"
     assert {v[0] for v in tensors(f).values()} >= {"IQ4_XS"}
+    assert {v[0] for v in tensors(tmp_path / "o" / "tiny-llama-IQ4_NL.gguf").values()} >= {"IQ4_NL"}
     assert not list((tmp_path / "o").glob(".bf16-*")) and not (tmp_path / "o" / "tiny-llama-BF16.gguf").exists()
     llm = llamacpp.load(f, n_ctx=64)
     llm.eval([1, 2, 3])
     assert np.isfinite(np.array(llm.scores[:3])).all()
-    assert r.json["parameters"]["engine"] == {"Q4_K_M": "quantkit", "IQ4_XS": "llama.cpp"}
+    assert r.json["parameters"]["engine"] == {"Q4_K_M": "quantkit", "IQ4_XS": "llama.cpp", "IQ4_NL": "llama.cpp"}
 
 
 def test_bad_gguf_options(cli, tiny, tmp_path):

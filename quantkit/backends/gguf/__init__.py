@@ -134,9 +134,10 @@ class GGUF:
         if self.theirs:
             from quantkit.backends.gguf import llamacpp
 
+            bf16 = files[-1].path
             for t in self.theirs:
                 out = staging / f"{source.name}-{t}.gguf"
-                llamacpp.quantize(files[-1].path, out, t, imx)
+                llamacpp.quantize(bf16, out, t, imx)
                 files.append(OutputFile(t, out, llamacpp.tensor_types(out)))
             shutil.rmtree(tmp, ignore_errors=True)
             files = [f for f in files if f.path.parent == staging]
