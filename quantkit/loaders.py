@@ -1,7 +1,9 @@
 """The loader registry verify uses: any artifact quantkit reads -> a model that gives logits.
 
-Each entry detects its format from the path and loads a `Scorer`; later formats
-(GPTQ/AWQ layouts, EXL2) add one function and one line in LOADERS.
+Each entry detects its format from the path and loads a `Scorer`; a new format
+adds one function and one line in LOADERS. EXL2 (exllamav2 is CUDA-only) is
+dequantized on CPU exactly as exllamav2's reconstruct kernel does and run in
+transformers; later formats (GPTQ/AWQ layouts) follow the same pattern.
 """
 from __future__ import annotations
 
@@ -91,6 +93,42 @@ def load_gguf_llamacpp(path: Path) -> Scorer:
                   llm.n_vocab(), run)
 
 
+def load_exl2(path: Path) -> Scorer:
+    """EXL2 folder: weights dequantized on CPU as exllamav2's reconstruct kernel does
+    (quantkit/backends/exl2), loaded into the transformers model its config.json describes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from quantkit.backends.exl2 import decode
+
+    quiet_transformers()
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    # exllamav2 reads the quantized lm_head before falling back to the embeddings: keep the head
+    # the file carries even when the config ties it to the embeddings.
+    names = decode.tensor_files(path)
+    if getattr(config, "tie_word_embeddings", False) and any(n.startswith("lm_head.") for n in names):
+        config.tie_word_embeddings = False
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    outs = {k: m.out_features for k, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    state = {k: v.float() for k, v in decode.read_exl2(path, outs)}
+    for tied, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if tied not in state and source in state:  # a tied head the file does not carry
+            state[tied] = state[source]
+    expected = set(model.state_dict())
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or extra:
+        raise InputError(f"{path}: its tensors do not match the model config.json describes "
+                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path}: tensor shapes do not match config.json ({' '.join(str(e).split())[:300]})") from e
+    return Scorer(path, "exl2", _weights_size(path),
+                  "unquantized (float32 compute, weights dequantized as exllamav2's reconstruct does)",
+                  model.config.vocab_size, _hf_logits(model))
+
+
 def _one_gguf(path: Path) -> Path:
     files = [path] if path.is_file() else sorted(path.glob("*.gguf"))
     if len(files) != 1:
@@ -103,6 +141,12 @@ def _is_gguf(path: Path) -> bool:
         path.is_dir() and not (path / "config.json").exists() and any(path.glob("*.gguf")))
 
 
+def _is_exl2(path: Path) -> bool:
+    from quantkit.backends.exl2.decode import is_exl2
+
+    return is_exl2(path)
+
+
 def _is_hf(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
@@ -110,6 +154,7 @@ def _is_hf(path: Path) -> bool:
 # (detect, load) in order: the first that detects the path loads it.
 LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path], Scorer]]] = [
     (_is_gguf, load_gguf),
+    (_is_exl2, load_exl2),
     (_is_hf, load_hf),
 ]
 

@@ -279,3 +279,19 @@ class StreamWriter:
             self._sink.abort()
         finally:
             self._f.close()
+
+
+def read_tensor(header: Header, name: str) -> torch.Tensor:
+    """One tensor by name, read with plain file reads into its own buffer (no memory map)."""
+    info = header.tensors[name]
+    buf = torch.empty(info.nbytes, dtype=torch.uint8)
+    mv = memoryview(buf.numpy())
+    with open(header.path, "rb", buffering=0) as f:
+        f.seek(header.data_start + info.begin)
+        got = 0
+        while got < info.nbytes:
+            k = f.readinto(mv[got:])
+            if not k:
+                raise SourceError(f"{header.path.name} ended early while reading {name}; re-download it")
+            got += k
+    return buf.view(DTYPES[info.dtype][0]).reshape(info.shape)

@@ -149,7 +149,7 @@ def test_unknown_builtin(cli, tmp_path):
     run_bad(cli, "builtin:gpt5", tmp_path, "no built-in model named gpt5", "builtin:smollm2")
 
 
-@pytest.mark.parametrize("command", ["exl2", "publish", "run"])
+@pytest.mark.parametrize("command", ["publish", "run"])
 def test_later_commands_say_not_yet(cli, command, tmp_path):
     r = cli(command, "anything", "--some-option", "1", cwd=tmp_path)
     assert r.code == 2

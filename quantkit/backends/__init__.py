@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from quantkit.backends.base import Backend, BackendResult
+from quantkit.backends.exl2 import EXL2
 from quantkit.backends.fp8 import FP8Dynamic
 from quantkit.backends.gguf import GGUF
 from quantkit.backends.int4 import AWQ, GPTQ
@@ -11,6 +12,7 @@ REGISTRY: dict[str, type] = {
     "gptq": GPTQ,
     "awq": AWQ,
     "gguf": GGUF,
+    "exl2": EXL2,
 }
 
 __all__ = ["REGISTRY", "Backend", "BackendResult"]

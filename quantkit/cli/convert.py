@@ -9,9 +9,7 @@ from quantkit.errors import InputError
 from quantkit.output import read_manifest
 from quantkit.cli.common import EXTRA, AllowPickle, Calibration, Force, Json, Model, Output, emit_json, human_bytes, kv_table, not_yet, notice, stdout
 
-LATER = {
-    "exl2": ("EXL2 as exllamav2 loads it", "issue 6"),
-}
+LATER: dict[str, tuple[str, str]] = {}
 
 EvalFlag = Annotated[bool, typer.Option("--eval", help="Afterwards, run `quantkit verify` on the result (PPL, KLD, top-1 agreement against the source).")]
 EvalText = Annotated[Optional[str], typer.Option("--eval-text", help="Evaluation text file or dataset [default: built-in text].")]
@@ -111,6 +109,39 @@ def register(app: typer.Typer) -> None:
                        calibration=calibration, imatrix_chunks=imatrix_chunks)
         folder, manifest = convert("gguf", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens, targets=sorted(folder.glob("*.gguf")))
+
+    @app.command(
+        "exl2",
+        epilog="Examples:  quantkit exl2 builtin:smollm2 --bpw 8 --head-bits 8 --eval   |   "
+        "quantkit exl2 ./Llama-3.2-1B --bpw 4.0 --measurement Llama-3.2-1B-exl2-8bpw-h8/measurement.json",
+    )
+    def exl2(
+        model: Model, output: Output = None, force: Force = False, allow_pickle: AllowPickle = False,
+        bpw: Annotated[float, typer.Option("--bpw", "-b", help="Target bits per weight of the decoder Linears, counted as exllamav2 counts them (scales and indices included).")] = 4.125,
+        head_bits: Annotated[int, typer.Option("--head-bits", help="Bits of the output head: 2, 3, 4, 5, 6 or 8.")] = 6,
+        measurement: Annotated[Optional[str], typer.Option("--measurement", "-m", help="Reuse a measurement.json from an earlier run (quantkit's or exllamav2's) and skip measuring.")] = None,
+        calibration: Calibration = None,
+        rows: Annotated[int, typer.Option("--rows", min=1, help="Calibration rows for the quantization pass.")] = 100,
+        length: Annotated[int, typer.Option("--length", min=16, help="Tokens per calibration row.")] = 2048,
+        measurement_rows: Annotated[int, typer.Option("--measurement-rows", min=1, help="Calibration rows for measuring.")] = 16,
+        measurement_length: Annotated[int, typer.Option("--measurement-length", min=16, help="Tokens per measurement row.")] = 2048,
+        shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Largest output shard in MiB.")] = 8192,
+        eval_: EvalFlag = False, eval_text: EvalText = None, eval_tokens: EvalTokens = 8192, json_: Json = False,
+    ) -> None:
+        """EXL2 as exllamav2 0.3.2 loads it: measurement, bit-mix optimisation and GPTQ by quantkit's own encoder (CPU or CUDA).
+
+        Defaults follow exllamav2's convert.py (head 6 bits, 100 x 2048 tokens to quantize, 16 x 2048 to
+        measure); on CPU, fewer rows and shorter rows keep small models to minutes. Works one decoder layer
+        at a time. Writes output.safetensors, config.json and measurement.json, which --measurement reuses
+        for another --bpw without measuring again.
+        """
+        from quantkit.pipeline import convert
+
+        options = dict(bpw=bpw, head_bits=head_bits, measurement=measurement, calibration=calibration, rows=rows,
+                       length=length, measurement_rows=measurement_rows, measurement_length=measurement_length,
+                       shard_mb=shard_size)
+        folder, manifest = convert("exl2", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
+        finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
 
     for name, (what, issue) in LATER.items():
         def stub(ctx: typer.Context, _name: str = name, _issue: str = issue) -> None:
