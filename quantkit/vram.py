@@ -47,8 +47,43 @@ def _int4_bytes(specs, kind: str, layout: str, fmt: str) -> tuple[int, str]:
                    + f", {layout} layout's scales/zeros/indices; embeddings, head, norms BF16")
 
 
-def weight_bytes(cfg: dict, fmt: str) -> tuple[int, str]:
-    """(bytes, how they are counted) for a format spec: bf16 | fp16 | fp8 | int4-gG[:LAYOUT] | exl2:BPW[:HEAD] | gguf:TYPE."""
+def _exl2_bytes(specs, arg: str, fmt: str, folder: Path | None) -> tuple[int, str]:
+    """exl2 alone: the stored tensors of an EXL2 artifact (exllamav2 keeps them packed on the GPU);
+    exl2:BPW[:HEAD]: a prediction for converting this model."""
+    from quantkit.backends.exl2.qparams import HEAD_OPTIONS
+
+    if not arg:
+        from quantkit.backends.exl2.decode import is_exl2, tensor_files
+        from quantkit.stio import read_header
+
+        if folder is None or not is_exl2(folder):
+            raise InputError(f"--format {fmt}: name a bit rate (exl2:4.0 or exl2:4.0:6), or pass an EXL2 folder as MODEL")
+        files = sorted(set(tensor_files(folder).values()))
+        total = sum(t.nbytes for f in files for t in read_header(f).tensors.values())
+        qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+        return total, (f"the EXL2 artifact's stored tensors ({len(files)} file(s); {qc.get('bits')} bpw target, "
+                       f"head {qc.get('head_bits')} bits), kept packed on the GPU by exllamav2")
+    try:
+        parts = [float(x) for x in arg.split(":")]
+        bpw, head = parts[0], int(parts[1]) if len(parts) > 1 else 6
+        head_qp = HEAD_OPTIONS[head]
+    except (ValueError, IndexError, KeyError):
+        raise InputError(f"--format {fmt}: write exl2:BPW or exl2:BPW:HEAD_BITS with head bits 2, 3, 4, 5, 6 or 8, e.g. exl2:4.0:6") from None
+    total = 0
+    for t in specs:
+        n = math.prod(t.shape)
+        if t.role == "linear":
+            total += math.ceil(n * bpw / 8)
+        elif t.role == "head" or (t.role == "embedding" and not any(x.role == "head" for x in specs)):
+            total += head_qp.total_bits(t.shape[1], t.shape[0]) // 8 + (n * 2 if t.role == "embedding" else 0)
+        else:
+            total += n * 2
+    return total, (f"decoder Linears at most {bpw:g} bits per weight as exllamav2 counts them (scales, groups and "
+                   f"permutation included); head with exllamav2's {head}-bit mix ({head_qp.desc}); embeddings and norms FP16")
+
+
+def weight_bytes(cfg: dict, fmt: str, folder: Path | None = None) -> tuple[int, str]:
+    """(bytes, how they are counted) for a format spec: bf16 | fp16 | fp8 | int4-gG[:LAYOUT] | exl2[:BPW[:HEAD]] | gguf:TYPE."""
     specs = tensors(cfg)
     kind, _, arg = fmt.lower().partition(":")
     if kind in ("bf16", "fp16"):
@@ -62,21 +97,7 @@ def weight_bytes(cfg: dict, fmt: str) -> tuple[int, str]:
     if kind.startswith("int4-g"):
         return _int4_bytes(specs, kind, arg, fmt)
     if kind == "exl2":
-        try:
-            parts = [float(x) for x in arg.split(":")] if arg else []
-            bpw, head = parts[0], (parts[1] if len(parts) > 1 else 6.0)
-        except (ValueError, IndexError):
-            raise InputError(f"--format {fmt}: write exl2:BPW or exl2:BPW:HEAD_BITS, e.g. exl2:4.0:6") from None
-        total = 0
-        for t in specs:
-            n = math.prod(t.shape)
-            if t.role == "linear":
-                total += math.ceil(n * bpw / 8)
-            elif t.role == "head":
-                total += math.ceil(n * head / 8)
-            else:
-                total += n * 2
-        return total, f"decoder Linears at {bpw} bits per weight (scales included), head at {head} bits, embeddings and norms FP16"
+        return _exl2_bytes(specs, arg, fmt, folder)
     if kind == "gguf":
         from quantkit.backends.gguf import mix, predicted_bytes
 
@@ -170,10 +191,16 @@ class Estimate:
         return {**self.__dict__, "overhead_assumption": OVERHEAD_ASSUMPTION}
 
 
-def estimate(spec: str, fmt: str = "bf16", contexts: list[int] = (1024,), batch: int = 1,
+def estimate(spec: str, fmt: str | None = None, contexts: list[int] = (1024,), batch: int = 1,
              kv_dtype: str = "fp16", gpu: int | None = None) -> Estimate:
+    """fmt None: the artifact's own format for an EXL2 folder, else bf16."""
     cfg, where = load_config(spec)
-    w, how = weight_bytes(cfg, fmt)
+    folder = Path(where).parent
+    if fmt is None:
+        from quantkit.backends.exl2.decode import is_exl2
+
+        fmt = "exl2" if is_exl2(folder) else "bf16"
+    w, how = weight_bytes(cfg, fmt, folder)
     per_tok = kv_bytes_per_token(cfg, kv_dtype)
     ovh = overhead_bytes(cfg, batch)
     rows = []

@@ -126,6 +126,7 @@ def register(app: typer.Typer) -> None:
         measurement_rows: Annotated[int, typer.Option("--measurement-rows", min=1, help="Calibration rows for measuring.")] = 16,
         measurement_length: Annotated[int, typer.Option("--measurement-length", min=16, help="Tokens per measurement row.")] = 2048,
         shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Largest output shard in MiB.")] = 8192,
+        objective: Annotated[str, typer.Option("--objective", help="What the bit-mix optimiser minimises per block: delta (error relative to what the block adds to the residual stream; quantkit's default) | output (exllamav2's error relative to the block output). See docs/formats.md.")] = "delta",
         eval_: EvalFlag = False, eval_text: EvalText = None, eval_tokens: EvalTokens = 8192, json_: Json = False,
     ) -> None:
         """EXL2 as exllamav2 0.3.2 loads it: measurement, bit-mix optimisation and GPTQ by quantkit's own encoder (CPU or CUDA).
@@ -139,7 +140,7 @@ def register(app: typer.Typer) -> None:
 
         options = dict(bpw=bpw, head_bits=head_bits, measurement=measurement, calibration=calibration, rows=rows,
                        length=length, measurement_rows=measurement_rows, measurement_length=measurement_length,
-                       shard_mb=shard_size)
+                       shard_mb=shard_size, objective=objective)
         folder, manifest = convert("exl2", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
 

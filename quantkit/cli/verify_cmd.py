@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
     )
     def vram(
         model: Annotated[str, typer.Argument(help="A model folder, its config.json, or a Hub id (only config.json is fetched).", show_default=False)],
-        format_: Annotated[str, typer.Option("--format", help="bf16 | fp16 | fp8 | int4-g128 | exl2:BPW[:HEAD_BITS] | gguf:TYPE")] = "bf16",
+        format_: Annotated[Optional[str], typer.Option("--format", help="bf16 | fp16 | fp8 | int4-g128 | exl2:BPW[:HEAD_BITS] | gguf:TYPE; exl2 alone for an EXL2 folder's stored tensors [default: exl2 for an EXL2 folder, else bf16]")] = None,
         context: Annotated[str, typer.Option("--context", help="Comma-separated context lengths: 4096, 16k, 128k.")] = "1k,16k",
         batch: Annotated[int, typer.Option("--batch", min=1, help="Concurrent sequences.")] = 1,
         kv_dtype: Annotated[str, typer.Option("--kv-dtype", help="fp16 | bf16 | fp8 | q8_0 | q4_0")] = "fp16",
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
-        t = Table(title=f"{model}  {format_}  KV {kv_dtype}  batch {batch}", title_justify="left")
+        t = Table(title=f"{model}  {est.format}  KV {kv_dtype}  batch {batch}", title_justify="left")
         for col in ("context", "weights", "KV cache", "overhead", "total") + (("fits",) if gpu else ()):
             t.add_column(col, justify="right")
         for r in est.contexts:

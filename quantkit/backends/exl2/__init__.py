@@ -49,6 +49,11 @@ HESSIAN_OF = {"q_proj": "q_proj", "k_proj": "q_proj", "v_proj": "q_proj", "o_pro
               "gate_proj": "up_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
 MEASUREMENT = "measurement.json"
 LINEARS = {"self_attn": ATTN_LINEARS, "mlp": MLP_LINEARS}
+# What the optimiser minimises, per block and candidate (both are measured and kept in measurement.json):
+OBJECTIVES = {
+    "delta": "error relative to what the block adds to the residual stream, ||y - ref|| / ||ref - x|| (quantkit)",
+    "output": "error relative to the block's output, residual included, ||y - ref|| / ||ref|| (exllamav2's 1 - accuracy)",
+}
 
 
 def _device() -> torch.device:
@@ -61,7 +66,11 @@ class EXL2:
 
     def __init__(self, bpw: float = 4.125, head_bits: int = 6, measurement: str | None = None,
                  calibration: str | None = None, rows: int = 100, length: int = 2048,
-                 measurement_rows: int = 16, measurement_length: int = 2048, shard_mb: int = SHARD_MB):
+                 measurement_rows: int = 16, measurement_length: int = 2048, shard_mb: int = SHARD_MB,
+                 objective: str = "delta"):
+        if objective not in OBJECTIVES:
+            raise InputError(f"--objective {objective}: choose {' or '.join(OBJECTIVES)}")
+        self.objective = objective
         if head_bits not in HEAD_OPTIONS:
             raise InputError(f"--head-bits {head_bits}: choose one of {', '.join(map(str, HEAD_OPTIONS))} (exllamav2's head options)")
         self.bpw, self.head_bits = float(bpw), head_bits
@@ -90,13 +99,19 @@ class EXL2:
         if not lo <= self.bpw <= hi:
             raise InputError(f"--bpw {self.bpw:g}: this model's EXL2 mixes span {lo:.2f} to {hi:.2f} bits per weight; choose a target in that range")
         self.measurement = self._read_measurement() if self.measurement_file else None
+        notices = []
+        maxpos = source.config.get("max_position_embeddings")
+        if maxpos and max(self.length, self.m_length) > maxpos:  # as exllamav2's convert.py limits them
+            self.length, self.m_length = min(self.length, maxpos), min(self.m_length, maxpos)
+            notices.append(f"calibration rows shortened to the model's context, {maxpos} tokens")
         self.text, self.text_desc = _calibration_text(self.calibration)
         tok = _tokenizer(source)
         self.ids = _rows(tok, self.text, self.rows, self.length)
         self.m_ids = None if self.measurement else _rows(tok, self.text, self.m_rows, self.m_length)
-        notices = []
         if self.measurement:
             notices.append(f"reusing measurement {self.measurement_file}: skipping the measurement pass")
+            if self.objective == "delta" and not all("delta_error" in o for v in self.measurement.values() for o in v):
+                notices.append("that measurement has no delta errors (written by exllamav2?): optimising on its output errors")
         if _device().type == "cpu":
             notices.append("no CUDA: quantizing on CPU (float32); expect minutes per layer on large models")
         return notices
@@ -179,6 +194,7 @@ class EXL2:
                             "measurement_length": None if self.measurement_file else self.m_length},
             "measurement": str(self.measurement_file) if self.measurement_file else MEASUREMENT,
             "device": str(_device()), "timings": timings,
+            "objective": self.metric.replace("delta_error", "delta").replace("accuracy", "output"),
             "strategy": {k: {"bpw": v["bpw"], "expected_error": v["error"], "rfn_error": errors.get(k)}
                          for k, v in slots_info.items()},
         }
@@ -186,10 +202,14 @@ class EXL2:
 
     def _optimize(self, layers: int) -> tuple[dict, float, dict]:
         slots, keys = [], []
+        opts = [o for v in self.measurement.values() for o in v]
+        has_delta = all("delta_error" in o for o in opts)
+        self.metric = "delta_error" if self.objective == "delta" and has_delta else "accuracy"
         for layer in range(layers):
             for block in BLOCKS:
                 key = f"model.layers.{layer}.{block}"
-                slots.append([(int(o["total_bits"]), 1 - float(o["accuracy"])) for o in self.measurement[key]])
+                slots.append([(int(o["total_bits"]), float(o["delta_error"]) if self.metric == "delta_error"
+                               else 1 - float(o["accuracy"])) for o in self.measurement[key]])
                 keys.append(key)
         budget = int(self.numel * self.bpw)
         choice = optimize(slots, budget)
@@ -221,13 +241,16 @@ def _block_hessians(layer, block: str, states: list[torch.Tensor], pos, device) 
     return targets, hess
 
 
-def _relative_error(layer, block: str, states, targets, pos) -> float:
-    total = 0.0
+def _relative_errors(layer, block: str, states, targets, pos) -> tuple[float, float]:
+    """Mean over rows of ||y - ref|| / ||ref|| (exllamav2's measure, residual included) and of
+    ||y - ref|| / ||ref - x|| (relative to what the block adds to the residual stream)."""
+    out = delta = 0.0
     with torch.inference_mode():
         for x, ref in zip(states, targets):
-            y = block_forward(layer, block, x, pos)
-            total += float(torch.linalg.norm(y[0] - ref[0]) / torch.linalg.norm(ref[0]))
-    return total / len(states)
+            d = torch.linalg.norm(block_forward(layer, block, x, pos)[0] - ref[0])
+            out += float(d / torch.linalg.norm(ref[0]))
+            delta += float(d / torch.linalg.norm(ref[0] - x[0]))
+    return out / len(states), delta / len(states)
 
 
 def measure(model: SourceModel, ids: torch.Tensor, step) -> dict:
@@ -254,8 +277,9 @@ def measure(model: SourceModel, ids: torch.Tensor, step) -> dict:
                 for m in maps:
                     chosen = {n: variants[n][j][0].float() for n, j in zip(names, m)}
                     with swapped_weights(lins, chosen):
-                        err = _relative_error(layer, block, states, targets, pos)
-                    opt = {"accuracy": max(1e-6, 1 - err), "total_bits": sum(variants[n][j][1] for n, j in zip(names, m))}
+                        err, delta_err = _relative_errors(layer, block, states, targets, pos)
+                    opt = {"accuracy": max(1e-6, 1 - err), "total_bits": sum(variants[n][j][1] for n, j in zip(names, m)),
+                           "delta_error": delta_err}
                     opt.update({n: distinct[k][j].to_dict() for k, (n, j) in enumerate(zip(names, m))})
                     opts.append(opt)
                 result[f"model.layers.{i}.{block}"] = opts

@@ -19,7 +19,13 @@ differently: the stored format and the dequantisation rule are the same.
 """
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
 from dataclasses import dataclass
+from importlib import resources
 
 import torch
 
@@ -70,10 +76,14 @@ def _p_errors(x: torch.Tensor, scale: torch.Tensor, qzero: float, maxq: float) -
             _compiled = fn
         except Exception:  # no C++ compiler, unsupported platform: same numbers, slower
             _compiled = _p_errors_eager
+    # column slabs keep the [97, rows, cols] intermediate (which the kernel may materialise) near 50 MiB
+    cols = max(8, (1 << 17) // max(x.shape[0], 1))
     if _compiled is _p_errors_eager:
-        step = max(1, (1 << 22) // max(x.numel(), 1))
-        return torch.cat([_p_errors_eager(x, scale, ps[i : i + step], lo, hi) for i in range(0, len(ps), step)])
-    return _compiled(x, scale, ps, lo, hi)
+        cols = max(1, cols // 8)
+    total = torch.zeros(P_GRID + 1, dtype=torch.float32, device=x.device)
+    for c in range(0, x.shape[1], cols):
+        total += _compiled(x[:, c : c + cols], scale[c : c + cols], ps, lo, hi)
+    return total
 
 
 def find_params(x: torch.Tensor, bits: int) -> GroupParams:
@@ -156,29 +166,79 @@ class Quantized:
     weight: torch.Tensor  # [out, in] float32: the dequantised weight in HF layout
 
 
-def gptq(weight: torch.Tensor, prep: Prepared, qp: QParams) -> Quantized:
+_C_LIB: ctypes.CDLL | None | bool = None
+
+
+def _c_rows():
+    """The C inner loop (gptq_rows.c), compiled once into quantkit's cache; None without a C compiler.
+    QUANTKIT_EXL2_C=0 forces the torch loop."""
+    global _C_LIB
+    if _C_LIB is None:
+        _C_LIB = False
+        cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+        if cc and os.environ.get("QUANTKIT_EXL2_C", "1") != "0":
+            from quantkit.paths import cache_dir
+
+            src = resources.files("quantkit.backends.exl2").joinpath("gptq_rows.c").read_bytes()
+            lib = cache_dir("kernels") / f"gptq_rows-{hashlib.sha256(src).hexdigest()[:16]}-{os.uname().machine}.so"
+            try:
+                if not lib.exists():
+                    c_file = lib.with_suffix(".c")
+                    c_file.write_bytes(src)
+                    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+                    subprocess.run([cc, "-O3", "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off", "-o", str(tmp),
+                                    str(c_file), "-lm"], check=True, capture_output=True, timeout=120)
+                    os.replace(tmp, lib)
+                f = ctypes.CDLL(str(lib)).gptq_group
+                f.restype = None
+                f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                              ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_float, ctypes.c_void_p,
+                              ctypes.c_void_p, ctypes.c_void_p]
+                _C_LIB = f
+            except (OSError, subprocess.SubprocessError):
+                _C_LIB = False
+    return _C_LIB or None
+
+
+def _group_rows_torch(w, hinv, a, b, scale, bits, qint, quant, err) -> None:
+    for c in range(a, b):
+        if c > a:  # this group's earlier errors, applied to row c just before it is quantized
+            w[c].sub_(hinv[a:c, c] @ err[a:c])
+        q, deq = quantize_rows(w[c], scale, bits)
+        qint[c] = q.to(torch.int16)
+        quant[c] = deq
+        err[c] = (w[c] - deq) / hinv[c, c]
+
+
+def _group_rows(w, hinv, a, b, scale, bits, qint, quant, err) -> None:
+    fn = _c_rows() if w.device.type == "cpu" else None
+    if fn is None:
+        _group_rows_torch(w, hinv, a, b, scale, bits, qint, quant, err)
+        return
+    maxq = 2**bits - 1
+    scale = scale.contiguous()
+    fn(w.data_ptr(), hinv.data_ptr(), w.shape[0], w.shape[1], a, b, scale.data_ptr(), float((maxq + 1) // 2),
+       float(maxq), qint.data_ptr(), quant.data_ptr(), err.data_ptr())
+
+
+def gptq(weight: torch.Tensor, prep: Prepared, qp: QParams, c_loop: bool = True) -> Quantized:
     """Quantize weight [out, in] with act-order GPTQ and the bit mix qp."""
     w = weight.to(prep.hinv.device, torch.float32).T[prep.perm].contiguous()  # [in, out], act-order rows
-    hinv = prep.hinv
+    hinv = prep.hinv.contiguous()
     rows, cols = w.shape
     qint = torch.empty((rows, cols), dtype=torch.int16, device=w.device)
     quant = torch.empty_like(w)
     err = torch.empty_like(w)
     groups = qp.groups(rows)
     codes, smax = [], []
+    rows_fn = _group_rows if c_loop else _group_rows_torch
     a = 0
     for bits, n in groups:
         b = a + n
         gp = find_params(w[a:b], bits)
         codes.append(gp.code)
         smax.append(gp.scale_max)
-        for c in range(a, b):
-            if c > a:  # this group's earlier errors, applied to row c just before it is quantized
-                w[c].sub_(hinv[a:c, c] @ err[a:c])
-            q, deq = quantize_rows(w[c], gp.scale, bits)
-            qint[c] = q.to(torch.int16)
-            quant[c] = deq
-            err[c] = (w[c] - deq) / hinv[c, c]
+        rows_fn(w, hinv, a, b, gp.scale, bits, qint, quant, err)
         if b < rows:
             w[b:].sub_(hinv[a:b, b:].T @ err[a:b])
         a = b
