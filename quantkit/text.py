@@ -49,3 +49,17 @@ def load_text(spec: str | None, kind: str) -> tuple[str, str]:
         ) from None
     column = column or ("text" if "text" in ds.column_names else ds.column_names[0])
     return "\n\n".join(str(x) for x in ds[column]), f"dataset {spec} ({split or 'train'}, column {column})"
+
+
+def token_rows(tokenizer, text: str, rows: int, length: int, fix: str) -> list[list[int]]:
+    """`rows` calibration rows of BOS + length-1 consecutive tokens, evenly spaced over the whole
+    text (so a text made of several parts contributes all of them). `fix` names the options to change."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    step = length - len(bos)
+    available = len(ids) // step
+    if available < rows:
+        raise InputError(f"the calibration text gives {available} rows of {length} tokens, {rows} asked; "
+                         f"pass a longer --calibration, or {fix}")
+    starts = [(i * available // rows) * step for i in range(rows)]
+    return [bos + ids[s : s + step] for s in starts]

@@ -80,21 +80,12 @@ def restore_dtype(model, dtype: torch.dtype) -> None:
 
 
 def calibration_dataset(tokenizer, text: str, samples: int, seq_len: int):
-    """`samples` rows of BOS + seq_len-1 consecutive tokens, evenly spaced over the whole text
-    (so a text made of several parts contributes all of them)."""
+    """`samples` rows of BOS + seq_len-1 consecutive tokens, evenly spaced over the whole text."""
     from datasets import Dataset
 
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    step = seq_len - len(bos)
-    available = len(ids) // step
-    if available < samples:
-        raise InputError(
-            f"the calibration text gives {available} samples of {seq_len} tokens, {samples} asked; "
-            "pass a longer --calibration, or fewer --samples / a shorter --seq-len"
-        )
-    starts = [(i * available // samples) * step for i in range(samples)]
-    rows = [bos + ids[s : s + step] for s in starts]
+    from quantkit.text import token_rows
+
+    rows = token_rows(tokenizer, text, samples, seq_len, "fewer --samples / a shorter --seq-len")
     return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * seq_len for _ in rows]})
 
 

@@ -449,16 +449,9 @@ def _tokenizer(source: Source):
 
 
 def _rows(tok, text: str, rows: int, length: int) -> torch.Tensor:
-    """`rows` rows of BOS + length-1 consecutive tokens, spread evenly over the text."""
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    step = length - len(bos)
-    available = len(ids) // step
-    if available < rows:
-        raise InputError(f"the calibration text gives {available} rows of {length} tokens, {rows} asked; "
-                         "pass a longer --calibration, or fewer --rows / a shorter --length")
-    starts = [(i * available // rows) * step for i in range(rows)]
-    return torch.tensor([bos + ids[s : s + step] for s in starts], dtype=torch.long)
+    from quantkit.text import token_rows
+
+    return torch.tensor(token_rows(tok, text, rows, length, "fewer --rows / a shorter --length"), dtype=torch.long)
 
 
 def _write_config(source: Source, staging: Path, b: EXL2, achieved: float) -> None:
