@@ -194,7 +194,7 @@ class EXL2:
                             "measurement_length": None if self.measurement_file else self.m_length},
             "measurement": str(self.measurement_file) if self.measurement_file else MEASUREMENT,
             "device": str(_device()), "timings": timings,
-            "objective": self.metric.replace("delta_error", "delta").replace("accuracy", "output"),
+            "objective": self.used_objective,
             "strategy": {k: {"bpw": v["bpw"], "expected_error": v["error"], "rfn_error": errors.get(k)}
                          for k, v in slots_info.items()},
         }
@@ -202,13 +202,12 @@ class EXL2:
 
     def _optimize(self, layers: int) -> tuple[dict, float, dict]:
         slots, keys = [], []
-        opts = [o for v in self.measurement.values() for o in v]
-        has_delta = all("delta_error" in o for o in opts)
-        self.metric = "delta_error" if self.objective == "delta" and has_delta else "accuracy"
+        has_delta = all("delta_error" in o for v in self.measurement.values() for o in v)
+        self.used_objective = "delta" if self.objective == "delta" and has_delta else "output"
         for layer in range(layers):
             for block in BLOCKS:
                 key = f"model.layers.{layer}.{block}"
-                slots.append([(int(o["total_bits"]), float(o["delta_error"]) if self.metric == "delta_error"
+                slots.append([(int(o["total_bits"]), float(o["delta_error"]) if self.used_objective == "delta"
                                else 1 - float(o["accuracy"])) for o in self.measurement[key]])
                 keys.append(key)
         budget = int(self.numel * self.bpw)
@@ -254,7 +253,8 @@ def _relative_errors(layer, block: str, states, targets, pos) -> tuple[float, fl
 
 
 def measure(model: SourceModel, ids: torch.Tensor, step) -> dict:
-    """exllamav2's measurement: every candidate of every block, scored on the block output."""
+    """exllamav2's measurement: every candidate of every block, scored on the block output
+    (exllamav2's `accuracy`) and on what the block adds (`delta_error`)."""
     states = [model.embed(r[None]) for r in ids]
     pos = model.positions(ids.shape[1])
     result = {}
