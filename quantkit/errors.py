@@ -23,12 +23,6 @@ class InputError(QuantkitError):
     """A file, text or option given by the user is wrong."""
 
 
-class NotAvailableYet(QuantkitError):
-    """A command that exists in the CLI but is not built yet."""
-
-    exit_code = 2
-
-
 class Interrupted(QuantkitError):
     """Ctrl-C or SIGTERM during work; the partial output has been removed."""
 

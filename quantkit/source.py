@@ -47,6 +47,7 @@ class Source:
     headers: dict[str, Header] = field(default_factory=dict)
     dtype_counts: Counter = field(default_factory=Counter)
     notices: list[str] = field(default_factory=list)
+    upstream_id: str | None = None  # the Hub id this checkpoint is published under, when known (cards' base_model)
 
     @property
     def name(self) -> str:
@@ -66,11 +67,12 @@ class Source:
 
 def resolve(spec: str, allow_pickle: bool = False) -> Source:
     """Turn MODEL as typed into a checked Source, or raise SourceError with the fix."""
-    hub_id = None
+    hub_id = upstream = None
     if spec.startswith(BUILTIN_PREFIX):
         from quantkit import fixtures
 
         path = fixtures.builtin(spec[len(BUILTIN_PREFIX):])
+        upstream = fixtures.UPSTREAM_IDS.get(spec[len(BUILTIN_PREFIX):])
     else:
         path = Path(spec).expanduser()
         if not path.exists():
@@ -82,7 +84,8 @@ def resolve(spec: str, allow_pickle: bool = False) -> Source:
         raise SourceError(f"{spec} is a file; pass the checkpoint folder that holds config.json")
     config = _read_config(path)
     files, weight_map = _weight_files(path, allow_pickle)
-    source = Source(path=path.resolve(), spec=spec, hub_id=hub_id, config=config, weight_files=files)
+    source = Source(path=path.resolve(), spec=spec, hub_id=hub_id, config=config, weight_files=files,
+                    upstream_id=hub_id or upstream)
     source.headers = {f.name: read_header(f) for f in files}
     if weight_map is not None:
         _check_index(weight_map, source.headers)

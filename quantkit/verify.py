@@ -12,6 +12,7 @@ is held; per-position figures are kept as one float each for medians and p99.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +154,9 @@ def record(results: list[dict]) -> list[Path]:
         else:
             m["verify"] = figures
         output.write_json(folder / output.MANIFEST, m)
+        from quantkit import card
+
+        card.write_card(folder, m)  # the card shows the figures just measured
         written.append(folder / output.MANIFEST)
     return written
 
@@ -168,24 +172,38 @@ def check_gates(results: list[dict], max_ppl_ratio: float | None, max_kld: float
         raise GateFailed("gate failed: " + "; ".join(failed))
 
 
-def chart(results: list[dict], path: Path) -> Path:
-    """PNG: artifact size against PPL ratio and against mean KLD."""
+def _short_labels(names: list[str]) -> list[str]:
+    """Artifact names without the model name they all share (e.g. 'FP8-Dynamic', 'Q4_K_M.gguf')."""
+    if len(names) < 2:
+        return names
+    prefix = os.path.commonprefix(names)
+    cut = max(prefix.rfind("-"), prefix.rfind("_")) + 1
+    short = [n[cut:] for n in names]
+    return short if all(short) else names
+
+
+def chart(results: list[dict], path: Path, title: str = "quantkit verify") -> Path:
+    """PNG: artifact size against PPL ratio and against mean KLD; one marker per artifact, named in a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = _short_labels([Path(r["artifact"]).name for r in results])
+    big = max(r["size_bytes"] for r in results) >= 2**30
+    unit, div = ("GiB", 2**30) if big else ("MiB", 2**20)
+    markers = "osD^vP*Xh<>"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, key, label in ((axes[0], "ppl_ratio", "PPL ratio (quant / source)"), (axes[1], "kld_mean", "mean KL divergence")):
-        for r in results:
-            x = r["size_bytes"] / 2**30
-            ax.scatter(x, r[key])
-            ax.annotate(Path(r["artifact"]).name, (x, r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("size (GiB)")
+        for i, (r, name) in enumerate(zip(results, names)):
+            ax.scatter(r["size_bytes"] / div, r[key], marker=markers[i % len(markers)], s=50, label=name)
+        ax.set_xlabel(f"size ({unit})")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"quantkit verify: {results[0]['tokens_scored']} tokens, ctx {results[0]['ctx']}")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: {results[0]['tokens_scored']} tokens scored, ctx {results[0]['ctx']}")
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -149,14 +149,6 @@ def test_unknown_builtin(cli, tmp_path):
     run_bad(cli, "builtin:gpt5", tmp_path, "no built-in model named gpt5", "builtin:smollm2")
 
 
-@pytest.mark.parametrize("command", ["publish", "run"])
-def test_later_commands_say_not_yet(cli, command, tmp_path):
-    r = cli(command, "anything", "--some-option", "1", cwd=tmp_path)
-    assert r.code == 2
-    assert_one_line_error(r, f"quantkit {command}", "not available yet")
-    assert r.out == "" and list(tmp_path.iterdir()) == []
-
-
 def test_help_lists_every_command(cli):
     r = cli("--help")
     assert r.code == 0

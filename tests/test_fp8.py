@@ -34,7 +34,8 @@ def test_manifest_and_carried_files(cli, tiny, tmp_path):
     assert r.json["output"] == str(out)
     assert m["method"] == "fp8-dynamic" and m["parameters"]["scheme"] == "FP8_DYNAMIC"
     assert m["source"]["weight_files"]["model.safetensors"]["sha256"] == sha256(tiny / "model.safetensors")
-    on_disk = {p.name for p in out.iterdir()} - {"quantkit.json"}
+    on_disk = {p.name for p in out.iterdir()} - {"quantkit.json", "README.md"}  # the card is written from the manifest, not hashed in it
+    assert (out / "README.md").is_file()
     assert set(m["files"]) == on_disk
     for name, entry in m["files"].items():
         assert entry["sha256"] == sha256(out / name) and entry["bytes"] == (out / name).stat().st_size

@@ -10,9 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from quantkit.errors import NotAvailableYet
 
-EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}  # stubs accept any arguments
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -32,8 +30,11 @@ def emit_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def not_yet(command: str, issue: str) -> None:
-    raise NotAvailableYet(f"`quantkit {command}` is not available yet ({issue}); nothing was done")
+def invocation() -> dict:
+    """The command line as typed, for the manifest and the model card (quantkit takes no secrets as arguments)."""
+    import shlex
+
+    return {"command": shlex.join(["quantkit", *sys.argv[1:]])}
 
 
 def human_bytes(n: int) -> str:

@@ -1,4 +1,4 @@
-"""Conversion commands: one per backend in the registry, plus the ones later issues fill."""
+"""Conversion commands: one per backend in the registry."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -7,9 +7,7 @@ import typer
 
 from quantkit.errors import InputError
 from quantkit.output import read_manifest
-from quantkit.cli.common import EXTRA, AllowPickle, Calibration, Force, Json, Model, Output, emit_json, human_bytes, kv_table, not_yet, notice, stdout
-
-LATER: dict[str, tuple[str, str]] = {}
+from quantkit.cli.common import AllowPickle, Calibration, Force, Json, Model, Output, emit_json, human_bytes, invocation, kv_table, notice, stdout
 
 EvalFlag = Annotated[bool, typer.Option("--eval", help="Afterwards, run `quantkit verify` on the result (PPL, KLD, top-1 agreement against the source).")]
 EvalText = Annotated[Optional[str], typer.Option("--eval-text", help="Evaluation text file or dataset [default: built-in text].")]
@@ -44,13 +42,13 @@ def register(app: typer.Typer) -> None:
         """
         from quantkit.pipeline import convert
 
-        folder, manifest = convert("fp8", model, output, force, allow_pickle, show_progress=not json_, notice=notice)
+        folder, manifest = convert("fp8", model, output, force, allow_pickle, show_progress=not json_, notice=notice, provenance=invocation())
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
 
     def run_int4(name, model, output, force, allow_pickle, json_, eval_, eval_text, eval_tokens, options):
         from quantkit.pipeline import convert
 
-        folder, manifest = convert(name, model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
+        folder, manifest = convert(name, model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options, provenance=invocation())
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
 
     @app.command("gptq", epilog="Examples:  quantkit gptq builtin:smollm2 --samples 32 --eval   |   quantkit gptq ./Llama-3.1-8B-Instruct --format gptq --act-order group")
@@ -107,7 +105,7 @@ def register(app: typer.Typer) -> None:
 
         options = dict(types=type_, engine=engine, imatrix=imatrix, imatrix_file=imatrix_file,
                        calibration=calibration, imatrix_chunks=imatrix_chunks)
-        folder, manifest = convert("gguf", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
+        folder, manifest = convert("gguf", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options, provenance=invocation())
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens, targets=sorted(folder.glob("*.gguf")))
 
     @app.command(
@@ -141,14 +139,8 @@ def register(app: typer.Typer) -> None:
         options = dict(bpw=bpw, head_bits=head_bits, measurement=measurement, calibration=calibration, rows=rows,
                        length=length, measurement_rows=measurement_rows, measurement_length=measurement_length,
                        shard_mb=shard_size, objective=objective)
-        folder, manifest = convert("exl2", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options)
+        folder, manifest = convert("exl2", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options, provenance=invocation())
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
-
-    for name, (what, issue) in LATER.items():
-        def stub(ctx: typer.Context, _name: str = name, _issue: str = issue) -> None:
-            not_yet(_name, _issue)
-
-        app.command(name, help=f"{what}. Not available yet ({issue}).", context_settings=EXTRA)(stub)
 
 
 def finish(folder, manifest: dict, json_: bool, eval_: bool, eval_text, eval_tokens: int, targets=None) -> None:

@@ -1,0 +1,285 @@
+"""Release recipes: one YAML file naming a source, the artifacts to make with their options,
+verify gates and publish targets (`quantkit run RECIPE.yaml`).
+
+A recipe is untrusted input. It is read with PyYAML's safe loader (no Python objects),
+anchors and aliases are refused (no alias bombs), duplicate keys are refused (YAML would
+keep the last silently), and the typed schema below forbids unknown fields. Every error
+names the recipe's line and the field. Artifact names are single folder names, so every
+output stays inside the folder `quantkit run` writes to.
+
+The option models mirror the conversion commands: their field names (or aliases) are the
+command-line option names with `-` written as `_`, and their defaults are the commands'
+defaults (tests/test_recipe.py checks both against the CLI).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from quantkit.errors import InputError
+
+MAX_RECIPE_BYTES = 1 << 20
+HUB_REPO = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"
+FOLDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # one path component: no '/', no '..'
+RECIPE_VERSION = 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False, validate_default=True)
+
+
+class Gates(Strict):
+    max_ppl_ratio: float | None = Field(None, gt=0, description="fail when PPL(quantized) / PPL(source) exceeds this")
+    max_kld: float | None = Field(None, ge=0, description="fail when the mean KL divergence exceeds this")
+
+
+class VerifySpec(Strict):
+    eval_text: str | None = None  # a file (relative to the recipe) or a dataset spec; default: built-in text
+    tokens: int = Field(8192, ge=64)
+    ctx: int = Field(512, ge=16)
+    runtime: Literal["transformers", "llamacpp"] = "transformers"
+    gates: Gates = Gates()
+
+
+class PublishSpec(Strict):
+    repo: str = Field(pattern=HUB_REPO)
+    private: bool = False
+    revision: str | None = Field(None, pattern=r"^[\w./-]+$")
+
+
+# --- options of each format: the command's options -------------------------------------
+
+Layout = Literal["compressed-tensors", "gptq", "awq"]
+
+
+class FP8Options(Strict):
+    pass
+
+
+class INT4Options(Strict):
+    layout: Layout = Field("compressed-tensors", alias="format")
+    group_size: int = Field(128, ge=32)
+    samples: int = Field(128, ge=1)
+    seq_len: int = Field(512, ge=16)
+    calibration: str | None = None
+
+
+class GPTQOptions(INT4Options):
+    damping: float = Field(0.01, ge=0.0, le=1.0)
+    act_order: Literal["static", "group", "none"] = "static"
+
+
+class AWQOptions(INT4Options):
+    n_grid: int = Field(20, ge=1, alias="grid")
+
+
+class GGUFOptions(Strict):
+    types: str = Field("Q4_K_M", alias="type")
+    imatrix: bool = False
+    imatrix_file: str | None = None
+    imatrix_chunks: int = Field(64, ge=1)
+    calibration: str | None = None
+    engine: Literal["quantkit", "llamacpp"] = "quantkit"
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _join(cls, v):  # `type: [Q4_K_M, Q8_0]` or `type: Q4_K_M,Q8_0`
+        return ",".join(map(str, v)) if isinstance(v, list) else v
+
+
+class EXL2Options(Strict):
+    bpw: float = Field(4.125, gt=0)
+    head_bits: int = 6
+    measurement: str | None = None
+    calibration: str | None = None
+    rows: int = Field(100, ge=1)
+    length: int = Field(2048, ge=16)
+    measurement_rows: int = Field(16, ge=1)
+    measurement_length: int = Field(2048, ge=16)
+    shard_mb: int = Field(8192, ge=1, alias="shard_size")
+    objective: Literal["delta", "output"] = "delta"
+
+
+# Recipe fields that name input files: resolved against the recipe's folder.
+INPUT_PATH_OPTIONS = ("calibration", "imatrix_file", "measurement")
+
+
+class ArtifactBase(Strict):
+    name: str | None = Field(None, pattern=FOLDER_NAME, description="output folder name [default: <model>-<FORMAT>]")
+    verify: bool = True
+    gates: Gates | None = None  # per-key override of verify.gates
+    publish: PublishSpec | None = None
+
+    def backend_options(self) -> dict:
+        return self.options.model_dump(by_alias=False)
+
+
+class FP8Artifact(ArtifactBase):
+    format: Literal["fp8"]
+    options: FP8Options = FP8Options()
+
+
+class GPTQArtifact(ArtifactBase):
+    format: Literal["gptq"]
+    options: GPTQOptions = GPTQOptions()
+
+
+class AWQArtifact(ArtifactBase):
+    format: Literal["awq"]
+    options: AWQOptions = AWQOptions()
+
+
+class GGUFArtifact(ArtifactBase):
+    format: Literal["gguf"]
+    options: GGUFOptions = GGUFOptions()
+
+
+class EXL2Artifact(ArtifactBase):
+    format: Literal["exl2"]
+    options: EXL2Options = EXL2Options()
+
+
+Artifact = Annotated[Union[FP8Artifact, GPTQArtifact, AWQArtifact, GGUFArtifact, EXL2Artifact], Field(discriminator="format")]
+OPTION_MODELS = {"fp8": FP8Options, "gptq": GPTQOptions, "awq": AWQOptions, "gguf": GGUFOptions, "exl2": EXL2Options}
+
+
+class Recipe(Strict):
+    recipe: Literal[1] = Field(description="schema version")
+    name: str = Field(pattern=FOLDER_NAME, description="the release; its default output folder")
+    source: str = Field(min_length=1, description="local folder (relative to the recipe), Hub id, or builtin:NAME")
+    verify: VerifySpec = VerifySpec()
+    artifacts: list[Artifact] = Field(min_length=1)
+
+
+# --- loading, with line numbers ----------------------------------------------------------
+
+
+def load(path: Path) -> tuple[Recipe, str]:
+    """Read and check a recipe; returns it and its text. Raises InputError naming line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such recipe file; pass a YAML recipe (see recipes/)")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise InputError(f"{path}: {path.stat().st_size} bytes is too large for a recipe (limit 1 MiB)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; a recipe is a YAML file") from None
+    return parse(text, path.name), text
+
+
+def parse(text: str, where: str = "recipe") -> Recipe:
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                line = event.start_mark.line + 1
+                raise InputError(f"{where}:{line}: anchors and aliases (&, *) are not allowed in a recipe; write the values out")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"{where}{line}: not valid YAML ({problem})") from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise InputError(f"{where}: a recipe is a YAML mapping with recipe, name, source and artifacts (see recipes/)")
+    _refuse_duplicate_keys(root, where)
+    data = yaml.safe_load(text)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        line, field = _locate(root, err["loc"])
+        raise InputError(f"{where}:{line}: {field}: {_message(err)}") from None
+
+
+def _refuse_duplicate_keys(node, where: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for k, v in node.value:
+            if k.value in seen:
+                raise InputError(f"{where}:{k.start_mark.line + 1}: {k.value} is given twice; keep one")
+            seen.add(k.value)
+            _refuse_duplicate_keys(v, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _refuse_duplicate_keys(v, where)
+
+
+def _locate(root, loc: tuple) -> tuple[int, str]:
+    """The line of the deepest YAML node on pydantic's error path, and that path as a field name.
+    A missing field is reported at the line of the mapping that lacks it."""
+    node, parts, line = root, [], root.start_mark.line + 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(key, str):
+            match = next(((k, v) for k, v in node.value if k.value == key), None)
+            if match is None:
+                if key in OPTION_MODELS:  # the discriminated union's tag, not a YAML key
+                    continue
+                parts.append(key)
+                break
+            parts.append(key)
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            parts.append(f"[{key}]")
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line, ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _message(err: dict) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field; check its spelling against recipes/README.md"
+    if kind == "union_tag_invalid":
+        return f"unknown format; choose one of {', '.join(OPTION_MODELS)}"
+    if kind == "union_tag_not_found":
+        return f"each artifact needs `format:` ({', '.join(OPTION_MODELS)})"
+    if kind == "string_pattern_mismatch":
+        return f"{_short(err['input'])} is not allowed here ({_PATTERN_HELP.get(err['ctx']['pattern'], err['ctx']['pattern'])})"
+    return err["msg"][0].lower() + err["msg"][1:]
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_PATTERN_HELP = {
+    HUB_REPO: "a Hub repository id, ORG/NAME",
+    FOLDER_NAME: "a single folder name of letters, digits, '.', '_', '+', '-'; outputs stay inside the run's folder",
+}
+
+
+def option_paths(options: dict, base: Path) -> dict:
+    """Input files named in options, relative to the recipe's folder when they exist there."""
+    out = dict(options)
+    for key in INPUT_PATH_OPTIONS:
+        v = out.get(key)
+        if isinstance(v, str) and not Path(v).is_absolute() and (base / v).exists():
+            out[key] = str((base / v).resolve())
+    return out
+
+
+def resolve_source(spec: str, base: Path) -> str:
+    if spec.startswith("builtin:") or Path(spec).is_absolute():
+        return spec
+    local = base / spec
+    return str(local.resolve()) if local.exists() else spec
+
+
+def safe_child(folder: Path, name: str) -> Path:
+    """folder/name, refusing anything that would land outside folder (e.g. through a symlink)."""
+    if not re.match(FOLDER_NAME, name):
+        raise InputError(f"artifact name {name!r} must be a single folder name; outputs stay inside {folder}")
+    target = folder / name
+    if target.is_symlink() or not target.resolve().is_relative_to(folder.resolve()):
+        raise InputError(f"{target} points outside {folder}; remove it or choose another name")
+    return target
