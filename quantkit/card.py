@@ -403,7 +403,7 @@ def _intro(manifest: dict, fmt: dict, name: str, repo: str, placeholder: bool) -
     if detail:
         lines += [f"- **Settings:** {detail}."]
     files = manifest.get("files") or {}
-    lines += [f"- **Size:** {human_bytes(sum(f.get('bytes', 0) for f in files.values()))} in {len(files)} files "
+    lines += [f"- **Size:** {output.human_bytes(sum(f.get('bytes', 0) for f in files.values()))} in {len(files)} files "
               f"(format: {manifest.get('format', '?')})."]
     if src.get("architecture"):
         lines += [f"- **Architecture:** {src['architecture']}."]
@@ -520,7 +520,7 @@ def _gguf_files(manifest: dict) -> list[dict]:
         stem = fname[: -len(".gguf")] if fname.endswith(".gguf") else fname
         modelfile = f"{stem}.Modelfile"
         out.append({"file": fname, "tag": tag,
-                    "size": human_bytes(files.get(fname, {}).get("bytes", 0)),
+                    "size": output.human_bytes(files.get(fname, {}).get("bytes", 0)),
                     "modelfile": modelfile if modelfile in files else "",
                     "ollama_name": re.sub(r"[^a-z0-9._-]", "-", stem.lower())})
     return out
@@ -619,11 +619,11 @@ def _vram_section(folder: Path, manifest: dict, fmt: dict) -> list[str]:
     lines += [head, "|---" * head.count(" | ") + "|---|"]
     for label, r in rows:
         lines.append(("| " + _cell(label) + " " if multi else "")
-                     + f"| {r['context']:,} | {human_bytes(r['weights_bytes'])} | {human_bytes(r['kv_cache_bytes'])} "
-                     f"| {human_bytes(r['overhead_bytes'])} | {human_bytes(r['total_bytes'])} |")
+                     + f"| {r['context']:,} | {output.human_bytes(r['weights_bytes'])} | {output.human_bytes(r['kv_cache_bytes'])} "
+                     f"| {output.human_bytes(r['overhead_bytes'])} | {output.human_bytes(r['total_bytes'])} |")
     from quantkit.vram import OVERHEAD_ASSUMPTION
 
-    lines += ["", f"Batch 1. Weights: {method}. KV cache: {human_bytes(int(per_tok))} per token in FP16. "
+    lines += ["", f"Batch 1. Weights: {method}. KV cache: {output.human_bytes(int(per_tok))} per token in FP16. "
               f"Overhead: {OVERHEAD_ASSUMPTION}.{kv_note} {fmt.get('memory_note', '')}".rstrip(), ""]
     return lines
 
@@ -700,7 +700,7 @@ def _provenance_section(manifest: dict) -> list[str]:
     weights = list((src.get("weight_files") or {}).items())
     lines += ["| file | size | sha256 |", "|---|---|---|"]
     for fname, info in weights[:SOURCE_FILES_SHOWN]:
-        lines.append(f"| {_cell(fname)} | {human_bytes(info.get('bytes', 0))} | "
+        lines.append(f"| {_cell(fname)} | {output.human_bytes(info.get('bytes', 0))} | "
                      + (f"`{info['sha256']}` |" if info.get("sha256") else "not recorded |"))
     if len(weights) > SOURCE_FILES_SHOWN:
         lines.append(f"| … and {len(weights) - SOURCE_FILES_SHOWN} more (all in quantkit.json) | | |")
@@ -715,22 +715,14 @@ def _files_section(manifest: dict) -> list[str]:
     names = sorted(files)
     shown = names if len(names) <= FILES_SHOWN else sorted(sorted(names, key=lambda n: -files[n].get("bytes", 0))[:FILES_SHOWN])
     for n in shown:
-        lines.append(f"| {_cell(n)} | {human_bytes(files[n].get('bytes', 0))} |")
+        lines.append(f"| {_cell(n)} | {output.human_bytes(files[n].get('bytes', 0))} |")
     if len(shown) < len(names):
         lines.append(f"| … and {len(names) - len(shown)} smaller files (all in quantkit.json) | |")
-    lines += [f"| **total** | **{human_bytes(sum(f.get('bytes', 0) for f in files.values()))}** |", ""]
+    lines += [f"| **total** | **{output.human_bytes(sum(f.get('bytes', 0) for f in files.values()))}** |", ""]
     return lines
 
 
 # ---------------------------------------------------------------------------------------------- text helpers
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _fill(template: str, **values: str) -> str:

@@ -74,7 +74,7 @@ class GPTQOptions(INT4Options):
 
 
 class AWQOptions(INT4Options):
-    n_grid: int = Field(20, ge=1, alias="grid")
+    n_grid: int = Field(20, ge=3, alias="grid")  # llm-compressor divides by grid - 2
 
 
 class GGUFOptions(Strict):

@@ -217,8 +217,6 @@ def write_report(report: dict, out: Path) -> None:
 
 
 def report_markdown(report: dict) -> str:
-    from quantkit.cli.common import human_bytes
-
     lines = [f"# Release {report['name']}", "",
              f"Recipe `{report['recipe']}`, source `{report['source']}`: **{report['status']}**"
              + (f" ({report['error']})" if report.get("error") else "") + ".", "",
@@ -233,7 +231,7 @@ def report_markdown(report: dict) -> str:
         rows = a["results"] or [None]
         for r in rows:
             name = Path(r["artifact"]).name if r and Path(r["artifact"]).name != a["name"] else a["name"]
-            size = human_bytes(r["size_bytes"]) if r else (human_bytes(a["size_bytes"]) if a["size_bytes"] else "")
+            size = output.human_bytes(r["size_bytes"]) if r else (output.human_bytes(a["size_bytes"]) if a["size_bytes"] else "")
             figures = (f"{r['ppl_quant']:.3f} | {r['ppl_ratio']:.4f} | {r['kld_mean']:.5f} | {100 * r['top1_agreement']:.2f}%"
                        if r else "| | |")
             status = a["status"] + ("; " + "; ".join(a["gate_failures"]) if a["gate_failures"] else "")

@@ -61,8 +61,8 @@ def test_fp8_card_metadata_verify_vram_and_provenance(cli, tiny, tmp_path):
     # vram table: quantkit.vram's figures for this folder at the model's only context (2048)
     est = estimate(str(out), "fp8", [2048])
     row = est.contexts[0]
-    assert (f"| 2,048 | {card.human_bytes(row['weights_bytes'])} | {card.human_bytes(row['kv_cache_bytes'])} "
-            f"| {card.human_bytes(row['overhead_bytes'])} | {card.human_bytes(row['total_bytes'])} |") in text
+    assert (f"| 2,048 | {output.human_bytes(row['weights_bytes'])} | {output.human_bytes(row['kv_cache_bytes'])} "
+            f"| {output.human_bytes(row['overhead_bytes'])} | {output.human_bytes(row['total_bytes'])} |") in text
     # provenance: the exact command, the version, the date, the source's weight hash
     assert f"```bash\n{m['produced_by']['command']}\n```" in text
     assert m["produced_by"]["command"].startswith("quantkit fp8 ") and "--eval-tokens 2048" in m["produced_by"]["command"]
@@ -144,7 +144,7 @@ def test_gguf_card_names_files_runtimes_and_per_file_figures(cli, tiny_copy, tmp
         for cell in verify_cells(m["verify_files"][fname]):
             assert cell in row, (cell, row)
         w = estimate(str(tiny_copy), f"gguf:{t}", [2048]).weights_bytes
-        assert f"| {fname} | 2,048 | {card.human_bytes(w)} |" in text
+        assert f"| {fname} | 2,048 | {output.human_bytes(w)} |" in text
     first = next(iter(files))
     modelfile = first[: -len(".gguf")] + ".Modelfile"
     assert (out / modelfile).is_file()
@@ -217,7 +217,7 @@ def test_render_deterministic_recipe_and_other_formats(cli, tiny, tmp_path):
     text = card.render(out, legacy, "acme/x")
     assert "vllm serve acme/x\n" in text and "forces" in text and "pip install transformers accelerate optimum gptqmodel" in text
     w = estimate(str(out), "int4-g128:gptq", [2048]).weights_bytes
-    assert f"| 2,048 | {card.human_bytes(w)} |" in text
+    assert f"| 2,048 | {output.human_bytes(w)} |" in text
     assert ModelCard(text).data.library_name == "transformers" and "compressed-tensors" not in ModelCard(text).data.tags
     # EXL2: exllamav2's own classes on the repo's folder, and plainly not checked in exllamav2
     exl2 = {**m, "method": "exl2", "format": "exl2 (exllamav2 0.3.2 layout)",

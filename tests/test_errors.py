@@ -154,3 +154,22 @@ def test_help_lists_every_command(cli):
     assert r.code == 0
     for command in ["fp8", "gptq", "awq", "exl2", "gguf", "verify", "vram", "inspect", "publish", "run"]:
         assert f" {command} " in r.out, command
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["fp8", "--bogus"], ["No such option: --bogus", "quantkit fp8 --help"]),
+    (["fp8"], ["Missing argument", "quantkit fp8 --help"]),
+    (["gptq", "x", "--samples", "0"], ["--samples", "greater than or equal to 1"]),
+    (["vram", "x", "--context"], ["--context", "requires an argument"]),
+])
+def test_bad_command_lines_are_one_line_usage_errors(cli, args, needles):
+    """typer >= 0.29 raises its own copy of click's exceptions; they still end as one line and exit 2."""
+    r = cli(*args)
+    assert r.code == 2
+    assert_one_line_error(r, *needles)
+
+
+def test_no_command_shows_help(cli):
+    r = cli()
+    assert r.code == 2 and "Traceback" not in r.err
+    assert " fp8 " in r.out + r.err

@@ -8,20 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import assert_one_line_error
+from helpers import autoawq_to_ct, autoround_gptq_dense, load_tensors
 from quantkit import layouts
 
 LAYOUTS = ["compressed-tensors", "gptq", "awq"]
 FAST = ["--samples", "8", "--seq-len", "128"]
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +47,6 @@ def _dense_from_transformers(folder: Path) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
 
 
-def _dense_from_autoround_gptq(folder: Path, group_size: int) -> dict[str, torch.Tensor]:
-    """auto-round's CPU QuantLinear for the AutoGPTQ layout (qweight, qzeros stored minus 1, scales, g_idx)."""
-    from auto_round_extension.torch.qlinear_torch_zp import QuantLinear
-
-    t = _tensors(folder)
-    dense = {}
-    for prefix in sorted(k[: -len(".qweight")] for k in t if k.endswith(".qweight")):
-        qweight = t[prefix + ".qweight"]
-        infeatures, outfeatures = qweight.shape[0] * 8, qweight.shape[1]
-        # static act-order keeps groups contiguous: g_idx is i // group_size, which auto-round's
-        # plain path assumes (its g_idx path slices output columns and fails when out > in)
-        assert torch.equal(t[prefix + ".g_idx"], torch.arange(infeatures, dtype=torch.int32) // group_size)
-        ql = QuantLinear(4, group_size, infeatures, outfeatures, bias=False, g_idx=False)
-        ql.qweight, ql.qzeros = qweight, t[prefix + ".qzeros"]
-        ql.scales = t[prefix + ".scales"].float()  # exact products; the layout is what is checked
-        with torch.inference_mode():
-            dense[prefix] = ql(torch.eye(infeatures)).T.contiguous()
-    return dense
-
-
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_three_layouts_hold_identical_weights(made, method):
     ct = made[method, "compressed-tensors"]
@@ -83,18 +56,14 @@ def test_three_layouts_hold_identical_weights(made, method):
 
     # AutoGPTQ layout (symmetric only), read by auto-round's QuantLinear
     if method == "gptq":
-        gptq = _dense_from_autoround_gptq(made[method, "gptq"], group)
+        gptq = {p.rstrip("."): w for p, w in autoround_gptq_dense(made[method, "gptq"], group).items()}
         assert sorted(gptq) == sorted(dense)
         for name in dense:
             assert torch.equal(gptq[name], dense[name]), name
 
     # AutoAWQ layout, converted back by compressed-tensors' AutoAWQConverter: the same tensors as ours
-    from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
-
-    awq_dir = made[method, "awq"]
-    cfg = json.loads((awq_dir / "config.json").read_text())["quantization_config"]
-    back = AutoAWQConverter.from_autoawq_config(cfg).process(_tensors(awq_dir))
-    ours = _tensors(ct)
+    back = autoawq_to_ct(made[method, "awq"])
+    ours = load_tensors(ct)
     for prefix in layouts.quantized_prefixes(ours):
         mine, theirs = layouts.read_ct(ours, prefix, group), layouts.read_ct(back, prefix, group)
         assert torch.equal(layouts.dequantize(mine), dense[prefix.rstrip(".")]), prefix
@@ -120,7 +89,7 @@ def test_layout_configs(made):
     c = json.loads((made["awq", "compressed-tensors"] / "config.json").read_text())["quantization_config"]
     w = c["config_groups"]["group_0"]["weights"]
     assert c["format"] == "pack-quantized" and w["symmetric"] is False and w["group_size"] == 128
-    t = _tensors(made["gptq", "gptq"])
+    t = load_tensors(made["gptq", "gptq"])
     assert t["model.layers.0.self_attn.q_proj.qweight"].dtype == torch.int32
     assert t["model.layers.0.self_attn.q_proj.scales"].dtype == torch.float16
     assert "lm_head.weight" in t and t["lm_head.weight"].dtype == torch.bfloat16
@@ -181,6 +150,8 @@ def test_bad_int4_options(cli, tiny, tmp_path):
     assert_one_line_error(r, "--act-order group", "AutoAWQ")
     r = cli("awq", tiny, "-o", tmp_path / "x", "--format", "gptq")
     assert_one_line_error(r, "--format gptq holds symmetric weights only")
+    r = cli("awq", tiny, "-o", tmp_path / "x", "--grid", "2")  # llm-compressor would divide by grid - 2
+    assert_one_line_error(r, "--grid", "3")
     r = cli("gptq", tiny, "-o", tmp_path / "x", "--samples", "100000", "--seq-len", "512")
     assert_one_line_error(r, "calibration text gives")
     assert list(tmp_path.iterdir()) == []
@@ -225,19 +196,16 @@ def test_calibrated_beats_round_to_nearest(cli, smollm2, tmp_path, method):
     assert calibrated["ppl_ratio"] < baseline["ppl_ratio"], (calibrated["ppl_ratio"], baseline["ppl_ratio"])
 
     # SmolLM2's scales fit the legacy layouts too: repack both and read them back with the other readers
-    from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
-
     params = r.json["parameters"]
-    ours = _tensors(made_dir)
+    ours = load_tensors(made_dir)
     dense = {p: layouts.dequantize(layouts.read_ct(ours, p, 64)) for p in layouts.quantized_prefixes(ours)}
     legacy = ("gptq", "awq") if method == "gptq" else ("awq",)  # AutoGPTQ's layout is symmetric only
     for layout in legacy:
         shutil.copytree(made_dir, tmp_path / f"layout-{layout}")
         layouts.repack(tmp_path / f"layout-{layout}", layout, params)
-    gptq = _dense_from_autoround_gptq(tmp_path / "layout-gptq", 64) if method == "gptq" else None
-    cfg = json.loads((tmp_path / "layout-awq" / "config.json").read_text())["quantization_config"]
-    back = AutoAWQConverter.from_autoawq_config(cfg).process(_tensors(tmp_path / "layout-awq"))
+    gptq = autoround_gptq_dense(tmp_path / "layout-gptq", 64) if method == "gptq" else None
+    back = autoawq_to_ct(tmp_path / "layout-awq")
     for prefix, w in dense.items():
         if gptq is not None:
-            assert torch.equal(gptq[prefix.rstrip(".")], w), prefix
+            assert torch.equal(gptq[prefix], w), prefix
         assert torch.equal(layouts.dequantize(layouts.read_ct(back, prefix, 64)), w), prefix

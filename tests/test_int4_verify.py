@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import assert_one_line_error
+from helpers import autoawq_to_ct, autoround_gptq_dense, load_tensors
 from quantkit import layouts
 
 FAST = ["--samples", "4", "--seq-len", "64"]
@@ -23,7 +24,7 @@ GROUP = 128
 RUNS = {
     ("gptq", "gptq"): [],
     ("gptq", "compressed-tensors"): [],
-    ("awq", "awq"): ["--grid", "3"],  # --grid 2 divides by zero inside llm-compressor's AWQ grid
+    ("awq", "awq"): ["--grid", "3"],  # the smallest grid quantkit takes
     ("awq", "compressed-tensors"): ["--grid", "3"],
 }
 
@@ -55,50 +56,26 @@ def made(tiny, tmp_path_factory) -> dict[tuple[str, str], Path]:
     return out
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
 def _ours(folder: Path, method: str) -> dict[str, torch.Tensor]:
     """quantkit's reader: prefix -> dequantized float32 weight."""
-    t = _tensors(folder)
+    t = load_tensors(folder)
     read = layouts.LEGACY_READERS[method].read
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
     return {p: layouts.dequantize(read(t, p, qc)) for p in sorted(k[: -len("qweight")] for k in t if k.endswith(".qweight"))}
 
 
 def _ct(folder: Path) -> dict[str, torch.Tensor]:
-    t = _tensors(folder)
+    t = load_tensors(folder)
     return {p: layouts.dequantize(layouts.read_ct(t, p, GROUP)) for p in layouts.quantized_prefixes(t)}
 
 
 def _autoround_gptq(folder: Path) -> dict[str, torch.Tensor]:
-    """auto-round's CPU QuantLinear for the AutoGPTQ layout, applied to the identity."""
-    from auto_round_extension.torch.qlinear_torch_zp import QuantLinear
-
-    t = _tensors(folder)
-    dense = {}
-    for prefix in sorted(k[: -len("qweight")] for k in t if k.endswith(".qweight")):
-        qweight = t[prefix + "qweight"]
-        infeatures, outfeatures = qweight.shape[0] * 8, qweight.shape[1]
-        assert torch.equal(t[prefix + "g_idx"], torch.arange(infeatures, dtype=torch.int32) // GROUP)
-        ql = QuantLinear(4, GROUP, infeatures, outfeatures, bias=False, g_idx=False)
-        ql.qweight, ql.qzeros = qweight, t[prefix + "qzeros"]
-        ql.scales = t[prefix + "scales"].float()
-        with torch.inference_mode():
-            dense[prefix] = ql(torch.eye(infeatures)).T.contiguous()
-    return dense
+    return autoround_gptq_dense(folder, GROUP)
 
 
 def _autoawq_converter(folder: Path) -> dict[str, torch.Tensor]:
-    """compressed-tensors' AutoAWQConverter back to pack-quantized, unpacked by compressed-tensors' helper."""
-    from compressed_tensors.entrypoints.convert.converters.autoawq import AutoAWQConverter
-
-    cfg = json.loads((folder / "config.json").read_text())["quantization_config"]
-    back = AutoAWQConverter.from_autoawq_config(cfg).process(_tensors(folder))
+    """compressed-tensors' AutoAWQConverter back to pack-quantized, unpacked by quantkit's compressed-tensors reader."""
+    back = autoawq_to_ct(folder)
     return {p: layouts.dequantize(layouts.read_ct(back, p, GROUP)) for p in layouts.quantized_prefixes(back)}
 
 

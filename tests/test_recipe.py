@@ -77,11 +77,15 @@ def test_recipe_options_are_the_commands_options(fmt):
         opt = next((p for p in params.values() if f"--{key.replace('_', '-')}" in p.opts), None)
         assert opt is not None, f"{fmt}: recipe option {key} is no option of `quantkit {fmt}`"
         assert opt.default == f.default, (fmt, key, opt.default, f.default)
+        lower = next((m.ge for m in f.metadata if hasattr(m, "ge")), None)
+        assert getattr(opt, "min", None) == lower, (fmt, key, "lower bounds differ", opt.min, lower)
 
 
 BAD = [
     ("recipe: 1\nname: x\nsource: s\nartifacts:\n  - format: gptq\n    options:\n      samples: 0\n",
      ":7:", "artifacts[0].options.samples"),
+    ("recipe: 1\nname: x\nsource: s\nartifacts:\n  - format: awq\n    options: {grid: 2}\n",
+     ":6:", "artifacts[0].options.grid", "greater than or equal to 3"),
     ("recipe: 1\nname: x\nsource: s\nartifacts:\n  - format: gguf\n    options: {types: Q4_K_M}\n",
      ":6:", "artifacts[0].options.types", "unknown field"),
     ("recipe: 1\nname: x\nsource: s\nartifacts:\n  - format: fp9\n", ":5:", "unknown format"),

@@ -26,6 +26,19 @@ for module in (convert, verify_cmd, inspect_cmd, release):
     module.register(app)
 
 
+def _usage_error(e: Exception) -> None:
+    """A bad command line: one line naming the problem and where the help is; exit 2."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # `quantkit` alone: typer has printed the help
+        if e.format_message().strip():
+            e.show()
+        sys.exit(2)
+    ctx = getattr(e, "ctx", None)
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    print(f"quantkit: error: {message}{hint}", file=sys.stderr)
+    sys.exit(getattr(e, "exit_code", 2) or 2)
+
+
 def main() -> None:
     """Entry point: a QuantkitError becomes one line on stderr and its exit code
     (QUANTKIT_TRACEBACK=1 shows the traceback instead)."""
@@ -36,10 +49,10 @@ def main() -> None:
             raise
         print(f"quantkit: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.ClickException, typer.TyperException) as e:
+        # typer >= 0.29 raises its own copy of click's exceptions (typer._click), not click's
+        _usage_error(e)
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         print("quantkit: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantkit.output import human_bytes  # noqa: F401  (commands import it from here)
+
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -35,14 +37,6 @@ def invocation() -> dict:
     import shlex
 
     return {"command": shlex.join(["quantkit", *sys.argv[1:]])}
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         model: Model, output: Output = None, force: Force = False, allow_pickle: AllowPickle = False,
         format_: Layout = "compressed-tensors", group_size: GroupSize = 128, samples: Samples = 128, seq_len: SeqLen = 512,
         calibration: Calibration = None,
-        n_grid: Annotated[int, typer.Option("--grid", min=1, help="Points in AWQ's search for each layer's scales.")] = 20,
+        n_grid: Annotated[int, typer.Option("--grid", min=3, help="Points in AWQ's search for each layer's scales (at least 3: the identity plus two ratios).")] = 20,
         eval_: EvalFlag = False, eval_text: EvalText = None, eval_tokens: EvalTokens = 8192, json_: Json = False,
     ) -> None:
         """INT4 AWQ (W4A16 asymmetric with zero points, group size 128): activation-aware scales, then round-to-nearest."""
