@@ -49,8 +49,8 @@ with torch.inference_mode():
 
 LLAMA_CPP_LOOP = WINDOWS + """
 import numpy as np
-from llama_cpp import Llama
-llm = Llama(sys.argv[2], n_ctx=512, n_batch=512, logits_all=True, verbose=False)
+from quantkit.backends.gguf import llamacpp
+llm = llamacpp.load(sys.argv[2], n_ctx=512, n_batch=512, logits_all=True)
 for c in chunks:
     llm.reset()
     llm.eval(c)

@@ -299,7 +299,7 @@ def write_card(folder: Path, manifest: dict, repo_id: str | None = None, force: 
     if path.exists() and not force and not is_generated(folder, manifest):
         return path
     data = render(folder, manifest, repo_id).encode("utf-8")
-    path.write_bytes(data)
+    output.write_bytes_atomic(path, data)
     manifest["card_sha256"] = hashlib.sha256(data).hexdigest()
     output.write_json(folder / output.MANIFEST, manifest)
     return path

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from quantkit import output
 from quantkit.errors import InputError
 
 BITS = 4
@@ -264,8 +265,8 @@ def repack(folder: Path, layout: str, params: dict) -> None:
     if index.exists():
         data = json.loads(index.read_text())
         data["weight_map"] = dict(sorted(weight_map.items()))
-        index.write_text(json.dumps(data, indent=2) + "\n")
+        output.write_text_atomic(index, json.dumps(data, indent=2) + "\n")
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["quantization_config"] = lay.config(params)
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    output.write_text_atomic(cfg_path, json.dumps(cfg, indent=2) + "\n")

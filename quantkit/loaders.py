@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from quantkit import formats
@@ -30,6 +29,7 @@ class Scorer:
     activations: str  # how activations are treated at run time
     vocab_size: int
     logits: Callable[[list[int]], torch.Tensor]  # token ids -> [len, vocab] float32
+    runtime: str = "transformers on CPU, float32 compute"
 
 
 def _weights_size(folder: Path) -> int:
@@ -82,17 +82,15 @@ def load_gguf_llamacpp(path: Path) -> Scorer:
     from quantkit.backends.gguf import llamacpp
 
     f = _one_gguf(path)
-    llm = llamacpp.load(f, n_ctx=4096)
+    llm = llamacpp.Runtime(f, n_ctx=4096)  # a child process: a crash in llama.cpp is one line
 
     def run(ids: list[int]) -> torch.Tensor:
-        if len(ids) > llm.n_ctx():
-            raise InputError(f"--ctx {len(ids)} is longer than quantkit's llama.cpp context ({llm.n_ctx()}); use a shorter --ctx")
-        llm.reset()
-        llm.eval(ids)
-        return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+        if len(ids) > llm.n_ctx:
+            raise InputError(f"--ctx {len(ids)} is longer than quantkit's llama.cpp context ({llm.n_ctx}); use a shorter --ctx")
+        return torch.from_numpy(llm.logits(ids).copy())
 
     return Scorer(f, "gguf (llama.cpp)", f.stat().st_size, "llama.cpp CPU kernels (activations quantized as llama.cpp does)",
-                  llm.n_vocab(), run)
+                  llm.n_vocab, run, runtime="llama.cpp (llama-cpp-python) on CPU")
 
 
 def load_exl2(path: Path) -> Scorer:
@@ -239,12 +237,44 @@ LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path], Scorer]]] = [
 GGUF_RUNTIMES = {"transformers": load_gguf, "llamacpp": load_gguf_llamacpp}
 
 
-def load(path: Path, gguf_runtime: str = "transformers") -> Scorer:
+def check_gguf(path: Path) -> None:
+    """A .gguf file that gguf-py reads whole: its magic, header and every tensor within the file."""
+    import gguf
+
+    import quantkit.backends.gguf  # noqa: F401  (keeps gguf-py's own warnings off stderr)
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        size = path.stat().st_size
+        for t in reader.tensors:
+            if t.data_offset + t.n_bytes > size:
+                raise ValueError(f"tensor {t.name} ends past the end of the file")
+    except (ValueError, KeyError, IndexError, OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not a complete GGUF file ({' '.join(str(e).split())[:120]}); "
+                         "re-download or re-convert it") from None
+
+
+def check(path: Path, allow_pickle: bool = False) -> None:
+    """Before any model is loaded: the checks a conversion source gets (quantkit/source.py), for
+    artifacts of any format."""
+    from quantkit.source import check_artifact
+
+    if not path.exists():
+        raise InputError(f"{path}: no such artifact; pass a folder quantkit wrote or a .gguf file")
+    if _is_gguf(path):
+        for f in ([path] if path.is_file() else sorted(path.glob("*.gguf"))):
+            check_gguf(f)
+    elif path.is_dir():
+        check_artifact(path, allow_pickle)
+    else:
+        raise InputError(f"{path} is neither a checkpoint folder (config.json) nor a .gguf file; pass an artifact quantkit reads")
+
+
+def load(path: Path, gguf_runtime: str = "transformers", allow_pickle: bool = False) -> Scorer:
     path = Path(path)
     if gguf_runtime not in GGUF_RUNTIMES:
         raise InputError(f"--runtime {gguf_runtime}: choose {' or '.join(GGUF_RUNTIMES)}")
-    if not path.exists():
-        raise InputError(f"{path}: no such artifact; pass a folder quantkit wrote or a .gguf file")
+    check(path, allow_pickle)
     if gguf_runtime != "transformers" and _is_gguf(path):
         return GGUF_RUNTIMES[gguf_runtime](path)
     for detect, loader in LOADERS:

@@ -3,15 +3,21 @@
 An artifact is built in a hidden sibling folder (`.NAME.partial-PID`) and renamed
 into place only when complete, so an interrupted or killed run never leaves a
 folder that looks finished. Stale partial folders of dead runs are removed by
-the next run. An existing output is replaced only with --force.
+the next run. An existing output is replaced only with --force, and only when it is
+an earlier quantkit artifact; the source, the current folder and their parents never.
+One run at a time writes an output (`.NAME.lock`). Every other file write is atomic
+(a temporary sibling renamed over the target).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,24 +31,77 @@ CARD = "README.md"  # the model card: written from the manifest, so not hashed i
 UNHASHED = (MANIFEST, CARD)
 
 
-def check_target(final: Path, force: bool) -> Path:
+LOCK = ".lock"
+REPLACED = ".replaced-"
+
+
+def is_artifact(folder: Path) -> bool:
+    """A folder whose quantkit.json says quantkit wrote it: the only kind --force may replace."""
+    m = read_manifest(folder)
+    return bool(m) and "quantkit_version" in m and isinstance(m.get("files"), dict)
+
+
+def check_target(final: Path, force: bool, protect: tuple[Path, ...] = ()) -> Path:
+    """Refuse an output that cannot be written, or whose replacement would lose something.
+
+    `protect` (the source checkpoint) and the current folder are never replaced, nor any folder
+    that holds them; --force replaces only an earlier quantkit artifact.
+    """
     final = Path(final).expanduser().absolute()
-    if final.exists() and not force:
-        raise OutputError(f"{final} already exists; pass --force to replace it, or -o to choose another folder")
-    if final.exists() and not final.is_dir():
-        raise OutputError(f"{final} is a file, not an artifact folder; choose another -o")
-    anc = final.parent
-    while not anc.exists():
-        anc = anc.parent
-    if not os.access(anc, os.W_OK):
-        raise OutputError(f"cannot write in {anc}; choose an -o you can write to")
+    recover(final)
+    _check(final, force, protect)
     return final
 
 
-def check_free_space(final: Path, needed: int) -> None:
+def _check(final: Path, force: bool, protect: tuple[Path, ...]) -> None:
+    real = final.resolve()
+    for kept, what in [(Path(p).resolve(), "the source checkpoint") for p in protect] + [(Path.cwd().resolve(), "the current folder")]:
+        if real == kept or real in kept.parents:
+            holds = "is" if real == kept else "holds"
+            raise OutputError(f"{final} {holds} {what}; choose another -o (quantkit never replaces it)")
     anc = final.parent
-    while not anc.exists():
+    while not anc.exists() and anc != anc.parent:
         anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(f"{anc} is a file, so {final} cannot be a folder; choose another -o")
+    if final.exists() or final.is_symlink():
+        if not final.is_dir():
+            raise OutputError(f"{final} is a file, not an artifact folder; choose another -o")
+        if not force:
+            raise OutputError(f"{final} already exists; pass --force to replace it, or -o to choose another folder")
+        if not is_artifact(final):
+            raise OutputError(
+                f"{final} is not a quantkit artifact (no quantkit.json written by quantkit); --force replaces "
+                "only an earlier quantkit output: move it away yourself or choose another -o"
+            )
+    _probe_writable(anc)
+
+
+def check_file_target(path: Path, option: str) -> Path:
+    """A single file quantkit will write (a chart, a report): its folder must exist and be writable,
+    and it must not be a folder."""
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; name a file, e.g. {path / 'chart.png'}")
+    if not path.parent.is_dir():
+        raise OutputError(f"{option} {path}: the folder {path.parent} does not exist; create it or choose another path")
+    _probe_writable(path.parent, option)
+    return path
+
+
+def _probe_writable(folder: Path, option: str = "-o") -> None:
+    """Create and remove a folder in `folder`: the one test of writability that also holds for root,
+    read-only mounts and pseudo file systems (/proc)."""
+    probe = folder / f".quantkit-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise OutputError(f"cannot write in {folder} ({e.strerror}); choose an {option} you can write to") from None
+
+
+def check_free_space(final: Path, needed: int) -> None:
+    anc = _existing_ancestor(final.parent)
     free = shutil.disk_usage(anc).free
     if needed > free:
         raise OutputError(
@@ -61,48 +120,187 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _dead_pid(p: Path) -> bool:
+    pid = p.name.rsplit("-", 1)[-1]
+    return pid.isdigit() and not _pid_alive(int(pid))
+
+
 def remove_stale_partials(final: Path) -> None:
-    if not final.parent.exists():
+    """Remove what dead runs left beside `final`: partial folders, and an old artifact a --force
+    run had moved aside when the new one is in place (call with the lock held)."""
+    if not final.parent.is_dir():
         return
-    for p in final.parent.glob(f".{final.name}{PARTIAL}*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+    for p in final.parent.glob(f".{glob_escape(final.name)}{PARTIAL}*"):
+        if _dead_pid(p):
             shutil.rmtree(p, ignore_errors=True)
+    for p in final.parent.glob(f".{glob_escape(final.name)}{REPLACED}*"):
+        if _dead_pid(p) and final.exists():
+            _remove(p)
+
+
+def _remove(p: Path) -> None:
+    """Remove a moved-aside output: a folder, or the symlink -o named."""
+    if p.is_symlink():
+        p.unlink()
+    else:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def recover(final: Path) -> None:
+    """A --force run killed between its two renames has moved the old artifact aside and not yet put
+    the new one in place: move the old one back, so that nothing is lost, and clean up after dead runs."""
+    if not final.parent.is_dir():
+        return
+    try:
+        with OutputLock(final):
+            if not final.exists():
+                for p in sorted(final.parent.glob(f".{glob_escape(final.name)}{REPLACED}*")):
+                    if _dead_pid(p) and is_artifact(p):
+                        p.rename(final)
+                        break
+            remove_stale_partials(final)
+    except OutputError:  # a live run holds it: that run cleans up
+        pass
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+class OutputLock:
+    """An exclusive lock on one output path: `.NAME.lock` beside it, held with flock.
+
+    The kernel releases it when its process dies, so a killed run never blocks the next one;
+    a second live run on the same output is refused with one line naming the first.
+    """
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+        self.path = self.final.parent / f".{self.final.name}{LOCK}"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise write_error(self.path, e) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise OutputError(
+                    f"another quantkit run (PID {holder}) is writing {self.final}; wait for it to finish "
+                    "or choose another -o"
+                ) from None
+            try:  # the file we locked must still be the one at the path (a finishing run unlinks it)
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def _make_parents(folder: Path) -> Path | None:
+    """mkdir -p; returns the topmost folder this created (None if it existed), to remove on failure."""
+    top = None
+    anc = folder
+    while not anc.exists():
+        top = anc
+        anc = anc.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(folder, e) from None
+    return top
 
 
 @contextmanager
-def staged(final: Path) -> Iterator[Path]:
-    """Yield a fresh staging folder; on success rename it to `final` (replacing it)."""
-    remove_stale_partials(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}{PARTIAL}{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+def staged(final: Path, force: bool = False, protect: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield a fresh staging folder; on success rename it to `final`.
 
+    The output is locked for the whole run, and checked again under the lock: an output that
+    appeared meanwhile is replaced only as --force allows (check_target). A full disk or an
+    unwritable folder is one OutputError; on any failure the partial folder, and the parent
+    folders this run created, are removed.
+    """
+    final = Path(final).expanduser().absolute()
+    created = _make_parents(final.parent)
+    staging = final.parent / f".{final.name}{PARTIAL}{os.getpid()}"
+    try:
+        with OutputLock(final) as lock:
+            remove_stale_partials(final)
+            _check(final, force, protect)
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            with _sigterm_removes(staging, lock.path):
+                yield staging
+            _check(final, force, protect)  # something may have appeared there meanwhile, outside quantkit
+            if final.exists():
+                old_dir = final.parent / f".{final.name}{REPLACED}{os.getpid()}"
+                final.rename(old_dir)
+                staging.rename(final)
+                _remove(old_dir)
+            else:
+                staging.rename(final)
+            created = None
+    except KeyboardInterrupt:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise Interrupted("interrupted; the partial output was removed") from None
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if e.errno in DISK_FULL + READ_ONLY:
+            raise write_error(final, e) from None
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if created is not None:
+            _remove_empty(final.parent, created)
+
+
+def _remove_empty(folder: Path, top: Path) -> None:
+    """rmdir folder and its parents up to `top`, as long as they are empty."""
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+        folder = folder.parent
+
+
+@contextmanager
+def _sigterm_removes(staging: Path, lock: Path) -> Iterator[None]:
     def on_term(signum, frame):
         # Raising here could land inside a queue or lock of a worker thread and
-        # deadlock the clean-up, so remove the partial folder and leave at once.
+        # deadlock the clean-up, so remove the partial folder and the lock, and leave at once.
         shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            lock.unlink()
         os.write(2, b"quantkit: error: stopped by SIGTERM; the partial output was removed\n")
         os._exit(130)
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        yield staging
-        signal.signal(signal.SIGTERM, old)
-        if final.exists():
-            old_dir = final.parent / f".{final.name}.replaced-{os.getpid()}"
-            final.rename(old_dir)
-            staging.rename(final)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            staging.rename(final)
-    except KeyboardInterrupt:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise Interrupted("interrupted; the partial output was removed") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        yield
     finally:
         signal.signal(signal.SIGTERM, old)
 
@@ -133,8 +331,52 @@ def file_table(folder: Path, known: dict[str, str]) -> dict[str, dict]:
     return table
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_error(path: Path, e: OSError) -> OutputError:
+    """An OSError met while writing under `path`, as one line naming the place and the fix."""
+    where = Path(path)
+    if e.errno in DISK_FULL:
+        anc = _existing_ancestor(where)
+        return OutputError(f"the disk holding {anc} is full (writing {where.name}: {e.strerror}); "
+                           "free space there or choose another -o")
+    if e.errno in READ_ONLY:
+        return OutputError(f"cannot write {where} ({e.strerror}); choose a folder you can write to")
+    return OutputError(f"cannot write {where} ({e.strerror or e}); check that folder")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    anc = Path(path).absolute()
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    return anc
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a whole file or nothing: a temporary sibling, flushed to disk, then renamed over `path`.
+    A full disk or a folder that cannot be written is one OutputError; `path` keeps its old content."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_error(path, e) from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def write_json(path: Path, data: dict, sort_keys: bool = False) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_manifest(folder: Path) -> dict | None:

@@ -42,12 +42,13 @@ def convert(
     source = resolve(model, allow_pickle=allow_pickle)
     for n in source.notices:
         notice(n)
-    final = output.check_target(out or default_output(source, backend.suffix), force)
-    for n in backend.check(source):  # options against this source, before any work
-        notice(n)
-    output.check_free_space(final, backend.estimate_bytes(source))
+    protect = (source.path,)
+    final = output.check_target(out or default_output(source, backend.suffix), force, protect)
     t0 = time.perf_counter()
-    with output.staged(final) as staging:
+    with output.staged(final, force, protect) as staging:  # the output is locked from here on
+        for n in backend.check(source):  # options against this source, before any work
+            notice(n)
+        output.check_free_space(final, backend.estimate_bytes(source))
         with ByteProgress(f"{backend_name} {source.name}", source.weight_bytes, enabled=show_progress) as bar:
             result = backend.run(source, staging, bar.advance)
         carried = output.copy_carried(source.carried_files(), staging)

@@ -8,7 +8,8 @@ batch and the same command run again resumes; a run where everything matches mak
 
 The token comes from the `token` argument or huggingface_hub's own resolution (HF_TOKEN, then
 the saved `hf auth login`). It is handed to huggingface_hub and nowhere else: it is never
-printed, returned, logged, or written.
+printed, returned, logged, or written. Nor is a user:password that HF_ENDPOINT may carry: the
+endpoint is shown as https://***@host.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def publish(
 
     branch = revision or "main"
     api = HfApi(token=token or False)
-    base = f"{api.endpoint}/{repo_id}"
+    endpoint = redact(api.endpoint)  # HF_ENDPOINT may carry user:password; only this form is shown
+    base = f"{endpoint}/{repo_id}"
     result = {
         "repo_id": repo_id,
         "revision": branch,
@@ -79,11 +81,11 @@ def publish(
         "card": card_state,
     }
     local = local_files(folder, manifest, notice)
-    with _hub_errors(repo_id, branch, api.endpoint, token), _hub_quiet(notice):
+    with _hub_errors(repo_id, branch, endpoint, token), _hub_quiet(notice):
         if dry_run and token and constants.is_offline_mode():
             notice("HF_HUB_OFFLINE is set, so the Hub was not asked what it already has; listing every file")
         if dry_run:
-            remote, result["private"] = _read_remote(api, repo_id, branch, private, notice) if (
+            remote, result["private"] = _read_remote(api, repo_id, branch, private, notice, endpoint) if (
                 token and not constants.is_offline_mode()) else ({}, private)
         else:
             api.create_repo(repo_id, private=private, exist_ok=True)
@@ -214,7 +216,7 @@ def _upload(api, folder, repo_id, branch, local, todo, commit_message, show_prog
     return commits
 
 
-def _read_remote(api, repo_id, branch, private, notice) -> tuple[dict, bool]:
+def _read_remote(api, repo_id, branch, private, notice, endpoint) -> tuple[dict, bool]:
     """For a dry run: what the Hub holds, or nothing when the repo or branch does not exist yet."""
     import httpx
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
@@ -229,7 +231,7 @@ def _read_remote(api, repo_id, branch, private, notice) -> tuple[dict, bool]:
         notice(f"branch {branch} does not exist yet in {repo_id}; a real run creates it from main")
         return {}, is_private
     except (httpx.TransportError, ConnectionError, TimeoutError) as e:  # no network: still show the plan
-        notice(f"cannot reach the Hub at {api.endpoint} ({type(e).__name__}); listing every file")
+        notice(f"cannot reach the Hub at {endpoint} ({type(e).__name__}); listing every file")
         return {}, private
 
 
@@ -246,6 +248,14 @@ def _prepare_card(folder: Path, manifest: dict, repo_id: str, dry_run: bool, not
         return "would render"
     card.write_card(folder, manifest, repo_id)
     return "rendered"
+
+
+_USERINFO = re.compile(r"(?<=://)[^/?#\s@]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user:password part of every URL in it replaced: https://***@host/..."""
+    return _USERINFO.sub("***@", text)
 
 
 def _saved_token() -> str | None:
@@ -271,7 +281,7 @@ def _hub_quiet(notice) -> Iterator[None]:
             finally:
                 said = []
                 for w in caught:
-                    line = " ".join(str(w.message).split())
+                    line = redact(" ".join(str(w.message).split()))
                     if not issubclass(w.category, DeprecationWarning) and line not in said:
                         said.append(line)
                         notice(line)
@@ -290,7 +300,7 @@ def _hub_errors(repo_id: str, branch: str, endpoint: str, token: str | None) -> 
             raise
         if token:
             line = line.replace(token, "***")
-        raise PublishError(line) from e
+        raise PublishError(redact(line)) from e
 
 
 def _chain(e: BaseException) -> Iterator[BaseException]:

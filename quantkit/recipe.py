@@ -2,10 +2,10 @@
 verify gates and publish targets (`quantkit run RECIPE.yaml`).
 
 A recipe is untrusted input. It is read with PyYAML's safe loader (no Python objects),
-anchors and aliases are refused (no alias bombs), duplicate keys are refused (YAML would
-keep the last silently), and the typed schema below forbids unknown fields. Every error
-names the recipe's line and the field. Artifact names are single folder names, so every
-output stays inside the folder `quantkit run` writes to.
+anchors and aliases are refused (no alias bombs), explicit tags (`!foo`, `!!python/...`) are
+refused, duplicate keys are refused (YAML would keep the last silently), and the typed schema
+below forbids unknown fields. Every error names the recipe's line and the field. Artifact
+names are single folder names, so every output stays inside the folder `quantkit run` writes to.
 
 The option models mirror the conversion commands: their field names (or aliases) are the
 command-line option names with `-` written as `_`, and their defaults are the commands'
@@ -178,6 +178,10 @@ def parse(text: str, where: str = "recipe") -> Recipe:
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 line = event.start_mark.line + 1
                 raise InputError(f"{where}:{line}: anchors and aliases (&, *) are not allowed in a recipe; write the values out")
+            if getattr(event, "tag", None) is not None:  # written by the author: `!foo x`, `!!python/...`, `! x`
+                line = event.start_mark.line + 1
+                raise InputError(f"{where}:{line}: YAML tags ({_short(event.tag)}) are not allowed in a recipe; "
+                                 "remove the tag and write the plain value")
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -75,9 +75,7 @@ def run(recipe_path: Path, out: Path | None = None, force: bool = False, publish
 
     recipe_dir = recipe_path.resolve().parent
     out = Path(out or Path.cwd() / spec.name).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file; choose another -o for the release folder")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_release_folder(out)
     source_spec = recipes.resolve_source(spec.source, recipe_dir)
     from quantkit.source import resolve
 
@@ -89,6 +87,7 @@ def run(recipe_path: Path, out: Path | None = None, force: bool = False, publish
     provenance = {"recipe": recipe_path.name, "recipe_text": text}
     for step in steps:  # before any work: which artifacts are already complete, and no folder replaced unasked
         step.reuse = _reusable(step, source_spec, force)
+    _make_release_folder(out)  # only now: a run refused above leaves no folder behind
     try:
         for n, step in enumerate(steps, 1):
             t0 = time.perf_counter()
@@ -132,6 +131,24 @@ def run(recipe_path: Path, out: Path | None = None, force: bool = False, publish
         report["artifacts"] = [_row(s, targets[id(s)]) for s in steps]
         write_report(report, out)
     return report
+
+
+def _check_release_folder(out: Path) -> None:
+    """Refuse a release folder that is a file or lies below one, before any work."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file; choose another -o for the release folder")
+    anc = out.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(f"{anc} is a file, so {out} cannot be created; choose another -o for the release folder")
+
+
+def _make_release_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output.write_error(out, e) from None
 
 
 def _reusable(step: Step, source_spec: str, force: bool) -> bool:
@@ -208,7 +225,7 @@ def write_report(report: dict, out: Path) -> None:
     from quantkit import verify as v
 
     output.write_json(out / REPORT_JSON, report)
-    (out / REPORT_MD).write_text(report_markdown(report))
+    output.write_text_atomic(out / REPORT_MD, report_markdown(report))
     results = [r for a in report["artifacts"] for r in a["results"]]
     if results:
         v.chart(results, out / REPORT_PNG, title=f"{report['name']}: size against quality")

@@ -90,6 +90,7 @@ def resolve(spec: str, allow_pickle: bool = False) -> Source:
     if weight_map is not None:
         _check_index(weight_map, source.headers)
     _check_tensors(source)
+    _check_against_config(source)
     return source
 
 
@@ -114,7 +115,8 @@ def _download(repo_id: str) -> Path:
         raise SourceError(f"could not download {repo_id} from the Hub ({e.__class__.__name__}); check the network") from None
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """config.json as a dict, or one SourceError naming what is wrong with it."""
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise SourceError(f"{path} has no config.json; pass a Hugging Face checkpoint folder")
@@ -122,6 +124,14 @@ def _read_config(path: Path) -> dict:
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SourceError(f"{cfg_path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); fix or re-download it") from None
+    if not isinstance(config, dict):
+        raise SourceError(f"{cfg_path} is not a JSON object; fix or re-download it")
+    return config
+
+
+def _read_config(path: Path) -> dict:
+    config = read_config(path)
+    cfg_path = path / "config.json"
     archs = config.get("architectures") or []
     if not archs:
         raise SourceError(f"{cfg_path} names no architecture; add \"architectures\": [\"LlamaForCausalLM\"] or re-save the model")
@@ -141,8 +151,21 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _weight_files(path: Path, allow_pickle: bool) -> tuple[list[Path], dict[str, str] | None]:
-    """The safetensors weight files, and the shard index's weight map when there is one."""
+def check_artifact(path: Path, allow_pickle: bool = False) -> None:
+    """A folder verify reads gets the checks a conversion source gets, but for its architecture and
+    dtypes (it is quantized): a readable config.json, complete safetensors files consistent with
+    their index, and no pickle weights unless allowed."""
+    read_config(path)
+    files, weight_map = _weight_files(path, allow_pickle, convert_pickle=False, shards_ok=True)
+    headers = {f.name: read_header(f) for f in files if f.suffix == ".safetensors"}
+    if weight_map is not None:
+        _check_index(weight_map, headers)
+
+
+def _weight_files(path: Path, allow_pickle: bool, convert_pickle: bool = True,
+                  shards_ok: bool = False) -> tuple[list[Path], dict[str, str] | None]:
+    """The safetensors weight files, and the shard index's weight map when there is one.
+    `shards_ok`: several files without an index (EXL2 writes them so)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -163,7 +186,7 @@ def _weight_files(path: Path, allow_pickle: bool) -> tuple[list[Path], dict[str,
         return [single], None
     shards = sorted(path.glob("*.safetensors"))
     if shards:
-        if len(shards) > 1:
+        if len(shards) > 1 and not shards_ok:
             raise SourceError(f"{path} has {len(shards)} safetensors files but no model.safetensors.index.json; add the index")
         return shards, None
     pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.pth"))
@@ -173,6 +196,8 @@ def _weight_files(path: Path, allow_pickle: bool) -> tuple[list[Path], dict[str,
                 f"{path.name} has only pickle weights ({pickles[0].name}), which can run code when loaded; "
                 "convert them to safetensors, or pass --allow-pickle if you trust the source"
             )
+        if not convert_pickle:
+            return pickles, None
         from quantkit import pickled
 
         return pickled.to_safetensors(path, pickles), None
@@ -195,6 +220,30 @@ def _check_index(weight_map: dict[str, str], headers: dict[str, Header]) -> None
         extra = have - set(weight_map)
         if extra:
             raise SourceError(f"{fname} holds {sorted(extra)[0]}, which {index} does not list; re-download the index")
+
+
+def _check_against_config(source: Source) -> None:
+    """Every tensor config.json implies is there with its shape, before any work: a checkpoint whose
+    weights and config disagree would otherwise convert into an artifact that does not load."""
+    from quantkit import arch
+
+    try:
+        expected = arch.tensors(source.config)
+    except (KeyError, TypeError, ZeroDivisionError) as e:
+        raise SourceError(f"{source.path.name}/config.json lacks or garbles {e}; re-download it") from None
+    have = {t.name: t for h in source.headers.values() for t in h.tensors.values()}
+    for spec in expected:
+        got = have.get(spec.name)
+        if got is None:
+            raise SourceError(
+                f"{source.path.name} has no tensor {spec.name}, which its config.json implies; "
+                "the weights and config.json come from different models: re-download them together"
+            )
+        if tuple(got.shape) != tuple(spec.shape):
+            raise SourceError(
+                f"{source.path.name}: {spec.name} has shape {list(got.shape)}, but config.json implies "
+                f"{list(spec.shape)}; the weights and config.json come from different models: re-download them together"
+            )
 
 
 def _check_tensors(source: Source) -> None:

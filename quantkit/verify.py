@@ -11,6 +11,7 @@ is held; per-position figures are kept as one float each for medians and p99.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -86,25 +87,34 @@ def _summary(src_nll: np.ndarray, t: Tally) -> dict:
 
 
 def verify(quants: list[Path], source: Path | None, eval_text: str | None = None, ctx: int = 512,
-           max_tokens: int | None = 8192, show_progress: bool = False, runtime: str = "transformers") -> list[dict]:
-    """Score each artifact against the source; returns one result dict per artifact."""
+           max_tokens: int | None = 8192, show_progress: bool = False, runtime: str = "transformers",
+           allow_pickle: bool = False, notice=lambda msg: None) -> list[dict]:
+    """Score each artifact against the source; returns one result dict per artifact.
+    Source and artifacts are checked before any model is loaded (quantkit/loaders.check)."""
     from transformers import AutoTokenizer
 
+    from quantkit.loaders import check
+    from quantkit.source import resolve
+
     quants = [Path(q) for q in quants]
+    for q in quants:
+        check(q, allow_pickle)
     if source is None:
         source = _source_from_manifest(quants[0])
     if ctx < 16 or ctx % 2:
         raise InputError(f"--ctx {ctx}: use an even window of at least 16 tokens, e.g. 512")
     text, described = load_text(eval_text, "evaluation")
-    from quantkit.source import resolve
-
-    src = resolve(str(source))  # the same checks as a conversion source
+    src = resolve(str(source), allow_pickle=allow_pickle)  # the same checks as a conversion source
+    for q in quants:
+        why = _other_source(q, src)
+        if why:
+            notice(why)
     tok = AutoTokenizer.from_pretrained(src.path)
     chunks = windows(tokenize(tok, text, max_tokens), ctx, tok.bos_token_id)
     if not chunks:
         raise InputError(f"the evaluation text gives fewer than {ctx} tokens; pass a longer --eval-text or a larger --tokens")
-    src_model = load(src.path)
-    models: list[Scorer] = [load(q, runtime) for q in quants]
+    src_model = load(src.path, allow_pickle=allow_pickle)
+    models: list[Scorer] = [load(q, runtime, allow_pickle) for q in quants]
     for q, m in zip(quants, models):
         if m.vocab_size != src_model.vocab_size:
             raise InputError(f"{q} has a vocabulary of {m.vocab_size}, the source {src_model.vocab_size}; verify it against its own source")
@@ -127,9 +137,27 @@ def verify(quants: list[Path], source: Path | None, eval_text: str | None = None
              **_summary(src_nll_all, t),
              "ctx": ctx, "windows": len(chunks), "text": described, "activations": m.activations,
              "method": f"llama.cpp perplexity windows: ctx {ctx}, second half of each scored; "
-                       "transformers on CPU, float32 compute"}
+                       + m.runtime}
         results.append(r)
     return results
+
+
+def _other_source(artifact: Path, src) -> str | None:
+    """Why the artifact's quantkit.json says it was made from another model than `src`, or None.
+    Weight files are compared by name and size, and by sha256 when the folders differ but those agree."""
+    m = output.read_manifest(artifact if artifact.is_dir() else artifact.parent)
+    made = (m or {}).get("source") or {}
+    recorded = made.get("weight_files") or {}
+    if not recorded or Path(made.get("path", "")) == src.path:
+        return None
+    have = {p.name: p for p in src.weight_files}
+    same = set(recorded) == set(have) and all(
+        have[n].stat().st_size == e.get("bytes") and (e.get("sha256") is None or output.sha256_file(have[n]) == e["sha256"])
+        for n, e in recorded.items())
+    if same:
+        return None
+    return (f"{artifact.name} was made from {made.get('spec') or made.get('path')} (its quantkit.json), "
+            f"not from {src.spec}; its figures compare it with another model")
 
 
 def _source_from_manifest(artifact: Path) -> Path:
@@ -204,6 +232,8 @@ def chart(results: list[dict], path: Path, title: str = "quantkit verify") -> Pa
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle(f"{title}: {results[0]['tokens_scored']} tokens scored, ctx {results[0]['ctx']}")
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 4), 1, 1))
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    output.write_bytes_atomic(path, buf.getvalue())
     return path

@@ -123,9 +123,18 @@ def overhead_bytes(cfg: dict, batch: int) -> int:
 
 def parse_tokens(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
-    if not m:
-        raise InputError(f"context {text!r}: write a token count like 4096, 16k or 128k")
-    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()])
+    n = int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()]) if m else 0
+    if n < 1:
+        raise InputError(f"--context {text!r}: write a token count of at least 1, like 4096, 16k or 128k")
+    return n
+
+
+def parse_contexts(text: str) -> list[int]:
+    """--context as typed: comma-separated token counts, at least one."""
+    contexts = [parse_tokens(c) for c in text.split(",") if c.strip()]
+    if not contexts:
+        raise InputError(f"--context {text!r}: give at least one context length, like 4096 or 8k,32k,128k")
+    return contexts
 
 
 def parse_bytes(text: str) -> int:

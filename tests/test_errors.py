@@ -128,9 +128,16 @@ def test_existing_output_needs_force(cli, tiny, tmp_path):
     r = cli("fp8", tiny, "-o", out)
     assert_one_line_error(r, "already exists", "--force")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # --force replaces only an earlier quantkit artifact, never a folder of the user's
+    assert_one_line_error(cli("fp8", tiny, "-o", out, "--force"), "not a quantkit artifact")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert cli("fp8", tiny, "-o", out).code == 0
+    (out / "extra.txt").write_text("left by the earlier artifact")
     r = cli("fp8", tiny, "-o", out, "--force")
     assert r.code == 0, r.err
-    assert not (out / "keep.txt").exists() and (out / "quantkit.json").is_file()
+    assert not (out / "extra.txt").exists() and (out / "quantkit.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

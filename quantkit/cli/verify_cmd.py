@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from quantkit.cli.common import Json, emit_json, human_bytes, kv_table, stdout
+from quantkit.cli.common import AllowPickle, Json, emit_json, human_bytes, kv_table, notice, stdout
 
 
 def register(app: typer.Typer) -> None:
@@ -26,22 +26,26 @@ def register(app: typer.Typer) -> None:
         chart: Annotated[Optional[Path], typer.Option("--chart", help="Write a PNG of size against PPL ratio and KLD [default with several artifacts: verify-chart.png].")] = None,
         record: Annotated[bool, typer.Option("--record/--no-record", help="Write the results into each artifact's quantkit.json.")] = True,
         runtime: Annotated[str, typer.Option("--runtime", help="Where GGUF artifacts run: transformers (dequantized, float32) | llamacpp (llama.cpp's own kernels; needs quantkit[llamacpp]).")] = "transformers",
+        allow_pickle: AllowPickle = False,
         json_: Json = False,
     ) -> None:
         """Perplexity of source and artifacts on the same token windows, KL divergence, top-token agreement; a CI gate."""
-        from quantkit import verify as v
+        from quantkit import output, verify as v
 
-        results = v.verify(artifacts, source, eval_text, ctx, tokens or None, show_progress=not json_, runtime=runtime)
-        if record:
-            v.record(results)
-        if chart is None and len(results) > 1:
+        if chart is None and len(artifacts) > 1:
             chart = Path("verify-chart.png")
+        if chart is not None:  # before minutes of scoring, not after
+            chart = output.check_file_target(chart, "--chart")
+        results = v.verify(artifacts, source, eval_text, ctx, tokens or None, show_progress=not json_, runtime=runtime,
+                           allow_pickle=allow_pickle, notice=notice)
         if chart is not None:
             v.chart(results, chart)
         if json_:
             emit_json(results[0] if len(results) == 1 else results)
         else:
             show_results(results, chart)
+        if record:  # after the figures are shown: an artifact that cannot be written does not lose them
+            v.record(results)
         v.check_gates(results, max_ppl_ratio, max_kld)
 
     @app.command(
@@ -59,10 +63,14 @@ def register(app: typer.Typer) -> None:
         json_: Json = False,
     ) -> None:
         """Memory for weights plus KV cache at each context, from config.json alone (no weights needed)."""
-        from quantkit.vram import OVERHEAD_ASSUMPTION, estimate, parse_bytes, parse_tokens
+        from quantkit.vram import OVERHEAD_ASSUMPTION, estimate, parse_bytes, parse_contexts
 
-        contexts = [parse_tokens(c) for c in context.split(",") if c.strip()]
+        contexts = parse_contexts(context)
         est = estimate(model, format_, contexts, batch, kv_dtype, parse_bytes(gpu) if gpu else None)
+        past = [c for c in contexts if est.max_positions and c > est.max_positions]
+        if past:
+            notice(f"--context {', '.join(f'{c:,}' for c in past)} is past the model's maximum of {est.max_positions:,} "
+                   "tokens (max_position_embeddings in config.json); the estimate assumes a runtime that allows it")
         if json_:
             emit_json(est.as_dict())
             return

@@ -24,6 +24,7 @@ import gguf
 import numpy as np
 import torch
 
+from quantkit import output
 from quantkit.backends.base import BackendResult, Progress
 from quantkit.backends.gguf import convert, encode, mix
 from quantkit.errors import InputError
@@ -143,7 +144,7 @@ class GGUF:
             files = [f for f in files if f.path.parent == staging]
             hashes = {k: v for k, v in hashes.items() if (staging / k).exists()}
         for f in files:
-            (staging / (f.path.stem + ".Modelfile")).write_text(modelfile.modelfile(f.path.name, source.path, source.config)[0])
+            output.write_text_atomic(staging / (f.path.stem + ".Modelfile"), modelfile.modelfile(f.path.name, source.path, source.config)[0])
         return BackendResult(
             method="gguf",
             parameters={
