@@ -123,7 +123,7 @@ def test_runtime_logits_equal_in_process(q4_0):
 @pytest.mark.skipif(not AMX, reason="the CPU has no AMX: llama.cpp's AMX buffers do not crash here")
 def test_real_amx_crash_is_one_line(cli, q4_0, tiny, monkeypatch):
     """On an AMX CPU, with extra buffer types turned back on, llama.cpp really crashes in llama_decode
-    (SIGSEGV on SmolLM2's shapes, SIGILL on the tiny model's);
+    (SIGSEGV on one machine of our kind, SIGILL on another);
     verify --runtime llamacpp says so in one line."""
     monkeypatch.setenv(llamacpp.EXTRA_BUFTS_ENV, "1")
     r = cli("verify", q4_0, "--source", tiny, "--runtime", "llamacpp", "--tokens", "1024", "--ctx", "128", "--no-record")
