@@ -59,11 +59,7 @@ def _check(final: Path, force: bool, protect: tuple[Path, ...]) -> None:
         if real == kept or real in kept.parents:
             holds = "is" if real == kept else "holds"
             raise OutputError(f"{final} {holds} {what}; choose another -o (quantkit never replaces it)")
-    anc = final.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise OutputError(f"{anc} is a file, so {final} cannot be a folder; choose another -o")
+    anc = creatable_folder(final)
     if final.exists() or final.is_symlink():
         if not final.is_dir():
             raise OutputError(f"{final} is a file, not an artifact folder; choose another -o")
@@ -75,6 +71,15 @@ def _check(final: Path, force: bool, protect: tuple[Path, ...]) -> None:
                 "only an earlier quantkit output: move it away yourself or choose another -o"
             )
     _probe_writable(anc)
+
+
+def creatable_folder(folder: Path, option: str = "-o") -> Path:
+    """The nearest existing folder above `folder`, which `folder` can be created in; one OutputError
+    when that is a file instead."""
+    anc = _existing_ancestor(Path(folder).parent)
+    if not anc.is_dir():
+        raise OutputError(f"{anc} is a file, so {folder} cannot be a folder; choose another {option}")
+    return anc
 
 
 def check_file_target(path: Path, option: str) -> Path:

@@ -137,11 +137,7 @@ def _check_release_folder(out: Path) -> None:
     """Refuse a release folder that is a file or lies below one, before any work."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; choose another -o for the release folder")
-    anc = out.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise OutputError(f"{anc} is a file, so {out} cannot be created; choose another -o for the release folder")
+    output.creatable_folder(out, "-o for the release folder")
 
 
 def _make_release_folder(out: Path) -> None:
