@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,10 +46,15 @@ def check_target(final: Path, force: bool, protect: tuple[Path, ...] = ()) -> Pa
     `protect` (the source checkpoint) and the current folder are never replaced, nor any folder
     that holds them; --force replaces only an earlier quantkit artifact.
     """
-    final = Path(final).expanduser().absolute()
+    final = normalized(final)
     recover(final)
     _check(final, force, protect)
     return final
+
+
+def normalized(path: Path) -> Path:
+    """Absolute, with `..` and `.` resolved lexically (Path.absolute keeps them)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def _check(final: Path, force: bool, protect: tuple[Path, ...]) -> None:
@@ -97,7 +101,7 @@ def check_file_target(path: Path, option: str) -> Path:
 def _probe_writable(folder: Path, option: str = "-o") -> None:
     """Create and remove a folder in `folder`: the one test of writability that also holds for root,
     read-only mounts and pseudo file systems (/proc)."""
-    probe = folder / f".quantkit-probe-{os.getpid()}"
+    probe = folder / f".quantkit-probe-{_token()}"
     try:
         probe.mkdir()
         probe.rmdir()
@@ -115,36 +119,25 @@ def check_free_space(final: Path, needed: int) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _dead_pid(p: Path) -> bool:
-    pid = p.name.rsplit("-", 1)[-1]
-    return pid.isdigit() and not _pid_alive(int(pid))
+def _leftovers(final: Path, kind: str) -> list[Path]:
+    return sorted(final.parent.glob(f".{glob_escape(final.name)}{kind}*"))
 
 
 def remove_stale_partials(final: Path) -> None:
-    """Remove what dead runs left beside `final`: partial folders, and an old artifact a --force
-    run had moved aside when the new one is in place (call with the lock held)."""
+    """Remove what earlier runs left beside `final`: partial folders, probes, and an old artifact a
+    --force run had moved aside once the new one is in place. Call with the lock held: then no
+    other run is writing `final`, so everything left there is stale, whatever PID its name has."""
     if not final.parent.is_dir():
         return
-    for p in final.parent.glob(f".{glob_escape(final.name)}{PARTIAL}*"):
-        if _dead_pid(p):
-            shutil.rmtree(p, ignore_errors=True)
-    for p in final.parent.glob(f".{glob_escape(final.name)}{REPLACED}*"):
-        if _dead_pid(p) and final.exists():
+    for p in _leftovers(final, PARTIAL):
+        _remove(p)
+    if final.exists():
+        for p in _leftovers(final, REPLACED):
             _remove(p)
 
 
 def _remove(p: Path) -> None:
-    """Remove a moved-aside output: a folder, or the symlink -o named."""
+    """Remove a folder quantkit made, or the symlink -o named."""
     if p.is_symlink():
         p.unlink()
     else:
@@ -158,18 +151,27 @@ def recover(final: Path) -> None:
         return
     try:
         with OutputLock(final):
-            if not final.exists():
-                for p in sorted(final.parent.glob(f".{glob_escape(final.name)}{REPLACED}*")):
-                    if _dead_pid(p) and is_artifact(p):
-                        p.rename(final)
-                        break
-            remove_stale_partials(final)
+            _recover_locked(final)
     except OutputError:  # a live run holds it: that run cleans up
         pass
 
 
+def _recover_locked(final: Path) -> None:
+    if not final.exists():
+        for p in _leftovers(final, REPLACED):
+            if is_artifact(p):
+                p.rename(final)
+                break
+    remove_stale_partials(final)
+
+
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _token() -> str:
+    """PID and a random part: names no other run (another container's PID 1 too) will use."""
+    return f"{os.getpid()}-{os.urandom(4).hex()}"
 
 
 class OutputLock:
@@ -188,8 +190,8 @@ class OutputLock:
         import fcntl
 
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # O_NOFOLLOW: a symlink planted at the lock's name is refused, never truncated
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as e:
                 raise write_error(self.path, e) from None
             try:
@@ -202,7 +204,7 @@ class OutputLock:
                     "or choose another -o"
                 ) from None
             try:  # the file we locked must still be the one at the path (a finishing run unlinks it)
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -239,45 +241,62 @@ def _make_parents(folder: Path) -> Path | None:
 def staged(final: Path, force: bool = False, protect: tuple[Path, ...] = ()) -> Iterator[Path]:
     """Yield a fresh staging folder; on success rename it to `final`.
 
-    The output is locked for the whole run, and checked again under the lock: an output that
-    appeared meanwhile is replaced only as --force allows (check_target). A full disk or an
-    unwritable folder is one OutputError; on any failure the partial folder, and the parent
-    folders this run created, are removed.
+    The output is locked for the whole run, and checked again under the lock and before the final
+    rename: an output that appeared meanwhile is replaced only as --force allows (check_target). A
+    full disk or an unwritable folder is one OutputError; on any failure the partial folder, and
+    the parent folders this run created, are removed, and a replaced artifact is put back.
     """
-    final = Path(final).expanduser().absolute()
+    final = normalized(final)
     created = _make_parents(final.parent)
-    staging = final.parent / f".{final.name}{PARTIAL}{os.getpid()}"
+    staging: Path | None = None
     try:
         with OutputLock(final) as lock:
-            remove_stale_partials(final)
+            _recover_locked(final)
             _check(final, force, protect)
-            shutil.rmtree(staging, ignore_errors=True)
+            staging = final.parent / f".{final.name}{PARTIAL}{_token()}"
             staging.mkdir()
             with _sigterm_removes(staging, lock.path):
                 yield staging
             _check(final, force, protect)  # something may have appeared there meanwhile, outside quantkit
-            if final.exists():
-                old_dir = final.parent / f".{final.name}{REPLACED}{os.getpid()}"
-                final.rename(old_dir)
-                staging.rename(final)
-                _remove(old_dir)
-            else:
-                staging.rename(final)
+            _swap_in(staging, final)
             created = None
     except KeyboardInterrupt:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
         raise Interrupted("interrupted; the partial output was removed") from None
     except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if e.errno in DISK_FULL + READ_ONLY:
-            raise write_error(final, e) from None
-        raise
+        _discard(staging)
+        if e.errno not in DISK_FULL + READ_ONLY:
+            raise
+        if e.filename and not normalized(e.filename).is_relative_to(final.parent):
+            raise os_error(e) from None  # not our output: a source file that cannot be read, say
+        raise write_error(final, e) from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
         raise
     finally:
         if created is not None:
             _remove_empty(final.parent, created)
+
+
+def _discard(staging: Path | None) -> None:
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Put the finished staging folder in place; an artifact it replaces is moved aside first and
+    removed last, and put back if the second rename fails (killed here, recover() puts it back)."""
+    if not final.exists():
+        staging.rename(final)
+        return
+    old = final.parent / f".{final.name}{REPLACED}{_token()}"
+    final.rename(old)
+    try:
+        staging.rename(final)
+    except BaseException:
+        old.rename(final)
+        raise
+    _remove(old)
 
 
 def _remove_empty(folder: Path, top: Path) -> None:
@@ -295,8 +314,12 @@ def _remove_empty(folder: Path, top: Path) -> None:
 @contextmanager
 def _sigterm_removes(staging: Path, lock: Path) -> Iterator[None]:
     def on_term(signum, frame):
-        # Raising here could land inside a queue or lock of a worker thread and
-        # deadlock the clean-up, so remove the partial folder and the lock, and leave at once.
+        # Raising here could land inside a queue or lock of a worker thread and deadlock the
+        # clean-up, so stop llama.cpp children, remove the partial folder and the lock, and leave.
+        import multiprocessing
+
+        for child in multiprocessing.active_children():
+            child.kill()
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             lock.unlink()
@@ -352,6 +375,17 @@ def write_error(path: Path, e: OSError) -> OutputError:
     return OutputError(f"cannot write {where} ({e.strerror or e}); check that folder")
 
 
+def os_error(e: OSError) -> OutputError:
+    """An OSError no quantkit code expected (the CLI's last resort): one line that does not guess
+    whether it was a read or a write, nor which disk, when the error does not say."""
+    if e.errno in DISK_FULL:
+        where = f" (writing {e.filename})" if e.filename else ""
+        return OutputError(f"a disk is full{where}: {e.strerror}; free space and run again")
+    if e.errno == errno.EROFS:
+        return OutputError(f"{e.filename or 'a file'} is on a read-only file system; use a folder you can write to")
+    return OutputError(f"{e.strerror}: {e.filename or 'a file quantkit needed'}; check its permissions")
+
+
 def _existing_ancestor(path: Path) -> Path:
     anc = Path(path).absolute()
     while not anc.exists() and anc != anc.parent:
@@ -363,9 +397,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write a whole file or nothing: a temporary sibling, flushed to disk, then renamed over `path`.
     A full disk or a folder that cannot be written is one OutputError; `path` keeps its old content."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp = path.parent / f".{path.name}.tmp-{_token()}"
     try:
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -148,6 +148,7 @@ def _make_release_folder(out: Path) -> None:
 
 
 def _reusable(step: Step, source_spec: str, force: bool) -> bool:
+    output.recover(step.folder)  # an artifact a killed --force run had moved aside is put back first
     if not step.folder.exists():
         return False
     existing = output.read_manifest(step.folder)

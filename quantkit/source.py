@@ -155,7 +155,15 @@ def check_artifact(path: Path, allow_pickle: bool = False) -> None:
     """A folder verify reads gets the checks a conversion source gets, but for its architecture and
     dtypes (it is quantized): a readable config.json, complete safetensors files consistent with
     their index, and no pickle weights unless allowed."""
-    read_config(path)
+    config = read_config(path)
+    if (config.get("quantization_config") or {}).get("quant_method") == "exl2":
+        # exllamav2 reads every *.safetensors and no index (its -cf output may carry the source's)
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise SourceError(f"{path} has no weights (no *.safetensors); pass a complete EXL2 folder")
+        for f in files:
+            read_header(f)
+        return
     files, weight_map = _weight_files(path, allow_pickle, convert_pickle=False, shards_ok=True)
     headers = {f.name: read_header(f) for f in files if f.suffix == ".safetensors"}
     if weight_map is not None:

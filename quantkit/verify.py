@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from quantkit import output
-from quantkit.errors import InputError, QuantkitError
+from quantkit.errors import InputError, OutputError, QuantkitError
 from quantkit.loaders import Scorer, load
 from quantkit.progress import CountProgress
 from quantkit.text import load_text
@@ -133,7 +133,8 @@ def verify(quants: list[Path], source: Path | None, eval_text: str | None = None
     src_nll_all = np.concatenate(src_nll)
     results = []
     for q, m, t in zip(quants, models, tallies):
-        r = {"artifact": str(q), "format": m.format, "size_bytes": m.size_bytes, "source": str(src.path),
+        r = {"artifact": str(q), "artifact_created": _created(q), "format": m.format, "size_bytes": m.size_bytes,
+             "source": str(src.path),
              **_summary(src_nll_all, t),
              "ctx": ctx, "windows": len(chunks), "text": described, "activations": m.activations,
              "method": f"llama.cpp perplexity windows: ctx {ctx}, second half of each scored; "
@@ -167,24 +168,34 @@ def _source_from_manifest(artifact: Path) -> Path:
     return Path(m["source"]["path"])
 
 
+def _created(artifact: Path) -> str | None:
+    m = output.read_manifest(artifact if artifact.is_dir() else artifact.parent)
+    return (m or {}).get("created")
+
+
 def record(results: list[dict]) -> list[Path]:
-    """Write each result into its artifact's quantkit.json (where there is one)."""
+    """Write each result into its artifact's quantkit.json (where there is one), holding the
+    artifact's output lock, and only if it is still the artifact that was scored."""
+    from quantkit import card
+
     written = []
     for r in results:
         art = Path(r["artifact"])
         folder = art if art.is_dir() else art.parent
-        m = output.read_manifest(folder)
-        if m is None:
+        if output.read_manifest(folder) is None:  # not a quantkit artifact: nothing to record into
             continue
-        figures = {k: v for k, v in r.items() if k != "artifact"}
-        if art.is_file():  # one of several files in a folder (GGUF types): keyed by file name
-            m.setdefault("verify_files", {})[art.name] = figures
-        else:
-            m["verify"] = figures
-        output.write_json(folder / output.MANIFEST, m)
-        from quantkit import card
-
-        card.write_card(folder, m)  # the card shows the figures just measured
+        with output.OutputLock(folder):
+            m = output.read_manifest(folder)
+            if m is None or m.get("created") != r.get("artifact_created"):
+                raise OutputError(f"{folder} was rebuilt while verify scored it; its figures were not "
+                                         "recorded: run quantkit verify on it again")
+            figures = {k: v for k, v in r.items() if k not in ("artifact", "artifact_created")}
+            if art.is_file():  # one of several files in a folder (GGUF types): keyed by file name
+                m.setdefault("verify_files", {})[art.name] = figures
+            else:
+                m["verify"] = figures
+            output.write_json(folder / output.MANIFEST, m)
+            card.write_card(folder, m)  # the card shows the figures just measured
         written.append(folder / output.MANIFEST)
     return written
 

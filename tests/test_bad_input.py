@@ -397,3 +397,66 @@ def test_sigkill_at_random_moments(wide_model, tmp_path, force):
             assert r.returncode == 0, r.stderr
         assert _complete(out)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+DIE_BETWEEN_RENAMES = """
+import os, pathlib, sys
+real = pathlib.Path.rename
+
+def rename(self, target):
+    moved = real(self, target)
+    if ".replaced-" in str(target):
+        os._exit(9)  # killed with the old artifact moved aside and the new one not yet in place
+    return moved
+
+pathlib.Path.rename = rename
+from quantkit.cli import main
+sys.argv = ["quantkit", *sys.argv[1:]]
+main()
+"""
+
+
+def test_process_killed_between_the_two_renames(cli, tiny, tiny_artifact, tmp_path):
+    """A real process dies at the one moment the old artifact is hidden; the next command puts it back."""
+    out = tmp_path / "out"
+    shutil.copytree(tiny_artifact, out)
+    before = tree(out)
+    r = subprocess.run([sys.executable, "-c", DIE_BETWEEN_RENAMES, "fp8", str(tiny), "-o", str(out), "--force"],
+                       capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    assert not out.exists() and [p.name.split("-")[0] for p in tmp_path.glob(".out.replaced-*")] == [".out.replaced"]
+    assert_one_line_error(cli("fp8", tiny, "-o", out), "already exists")
+    assert tree(out) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_symlink_at_the_lock_is_refused_not_followed(cli, tiny, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".out.lock").symlink_to(victim)
+    assert_one_line_error(cli("fp8", tiny, "-o", tmp_path / "out"), ".out.lock")
+    assert victim.read_text() == "precious"
+
+
+def test_dotdot_in_output_never_removes_an_existing_folder(cli, tiny, tmp_path, monkeypatch):
+    import quantkit.backends.fp8 as fp8
+
+    (tmp_path / "b").mkdir()  # the user's empty folder
+    monkeypatch.setattr(fp8, "quantize_rows", lambda w: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")))
+    assert_one_line_error(cli("fp8", tiny, "-o", f"{tmp_path}/x/../b/out"), "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_verify_does_not_record_into_an_artifact_rebuilt_meanwhile(tiny, tiny_artifact, tmp_path):
+    from quantkit import verify as v
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    results = v.verify([art], tiny, None, 128, 2048)
+    m = output.read_manifest(art)
+    m["created"] = "2099-01-01T00:00:00Z"  # what a --force rebuild during scoring would leave
+    output.write_json(art / "quantkit.json", m)
+    before = tree(art)
+    with pytest.raises(output.OutputError, match="rebuilt while verify scored it"):
+        v.record(results)
+    assert tree(art) == before

@@ -134,6 +134,7 @@ def _segfault(*args) -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
+
 def test_quantizer_crash_is_one_error(q4_0, tmp_path, monkeypatch):
     """The quantizer runs in a child process too: a child that dies of a real SIGSEGV is one error,
     and this process goes on."""
@@ -141,3 +142,15 @@ def test_quantizer_crash_is_one_error(q4_0, tmp_path, monkeypatch):
     with pytest.raises(QuantkitError, match=r"llama.cpp crashed \(SIGSEGV\) while quantizing .*\.gguf to Q8_0"):
         llamacpp.quantize(q4_0, tmp_path / "y.gguf", "Q8_0")
     assert not (tmp_path / "y.gguf").exists()
+
+
+def test_child_errors_are_one_line_not_a_child_traceback(q4_0, tmp_path, capfd):
+    """A Python exception inside a llama.cpp child comes back as one error line; the child prints nothing."""
+    bad = tmp_path / "bad.gguf"  # a file llama.cpp cannot read
+    bad.write_bytes(b"GGUF" + os.urandom(64))
+    with pytest.raises(QuantkitError, match="quantizer failed on Q8_0: llama_model_quantize returned") as e:
+        llamacpp.quantize(bad, tmp_path / "y.gguf", "Q8_0")
+    assert "\n" not in str(e.value)
+    with pytest.raises(QuantkitError, match="llama.cpp failed while loading bad.gguf: ValueError"):
+        llamacpp.Runtime(bad, n_ctx=64)
+    assert "Traceback" not in capfd.readouterr().err

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 import typer
@@ -54,11 +53,11 @@ def main() -> None:
         # typer >= 0.29 raises its own copy of click's exceptions (typer._click), not click's
         _usage_error(e)
     except OSError as e:  # a full disk or an unwritable place met where no quantkit code expected it
-        from quantkit.output import DISK_FULL, READ_ONLY, write_error
+        from quantkit.output import DISK_FULL, READ_ONLY, os_error
 
         if e.errno not in DISK_FULL + READ_ONLY or os.environ.get("QUANTKIT_TRACEBACK"):
             raise
-        print(f"quantkit: error: {write_error(Path(e.filename or '.'), e)}", file=sys.stderr)
+        print(f"quantkit: error: {os_error(e)}", file=sys.stderr)
         sys.exit(1)
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         print("quantkit: interrupted", file=sys.stderr)

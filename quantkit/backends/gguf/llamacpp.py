@@ -122,35 +122,61 @@ def quantize(src: Path, dst: Path, file_type: str, imatrix=None) -> None:
     lib()
     ftype = file_type_id(file_type)
     entries = {name: np.ascontiguousarray(imatrix.weights(name), dtype=np.float32) for name in imatrix.entries} if imatrix is not None else None
-    p = _spawn().Process(target=_quantize_child, args=(str(src), str(dst), ftype, entries), name="quantkit-llama-quantize")
+    conn, child = _spawn().Pipe(duplex=False)
+    p = _spawn().Process(target=_quantize_child, args=(child, str(src), str(dst), ftype, entries), name="quantkit-llama-quantize")
     p.start()
-    p.join()
+    child.close()
+    try:
+        said = conn.recv_bytes().decode(errors="replace") if conn.poll(None) else ""
+    except (EOFError, OSError):
+        said = ""
+    finally:
+        _stop(p)
     if p.exitcode == 0:
         return
-    if p.exitcode is not None and p.exitcode > 0:
-        raise QuantkitError(f"llama.cpp's quantizer failed on {file_type} (code {p.exitcode}); set {LOG_ENV}=1 to see its log")
+    if said:
+        raise QuantkitError(f"llama.cpp's quantizer failed on {file_type}: {said}; set {LOG_ENV}=1 to see its log")
     raise crashed(f"quantizing {Path(src).name} to {file_type}", p.exitcode)
 
 
-def _quantize_child(src: str, dst: str, ftype: int, entries: dict | None) -> None:
-    llama_cpp = lib()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = os.cpu_count() or 1
-    keep = []
-    if entries is not None:
-        arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
-        for i, (name, v) in enumerate(entries.items()):
-            keep.append(v)
-            arr[i].name = name.encode()
-            arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            arr[i].size = v.size
-        arr[len(entries)].name = None
-        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-        keep.append(arr)
-    with quiet_stderr():
-        rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
-    os._exit(min(int(rc), 255) if rc else 0)
+def _stop(p, wait: float | None = None) -> None:
+    """Wait for a child (or `wait` seconds), and kill it if it is still there: a Ctrl-C in quantkit
+    must not leave llama.cpp running on every core."""
+    try:
+        p.join(wait)
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _quantize_child(conn, src: str, dst: str, ftype: int, entries: dict | None) -> None:
+    """Runs in the child: llama_model_quantize, with one line back to the parent if it fails."""
+    try:
+        llama_cpp = lib()
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = os.cpu_count() or 1
+        keep = []
+        if entries is not None:
+            arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+            for i, (name, v) in enumerate(entries.items()):
+                keep.append(v)
+                arr[i].name = name.encode()
+                arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+                arr[i].size = v.size
+            arr[len(entries)].name = None
+            params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+            keep.append(arr)
+        with quiet_stderr():
+            rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+        if rc:
+            conn.send_bytes(f"llama_model_quantize returned {rc}".encode())
+            os._exit(1)
+    except Exception as e:  # noqa: BLE001  (one line to the parent, not a child's traceback)
+        conn.send_bytes(" ".join(f"{type(e).__name__}: {e}".split()).encode())
+        os._exit(1)
+    os._exit(0)
 
 
 def tensor_types(path: Path) -> dict[str, str]:
@@ -181,17 +207,21 @@ class Runtime:
 
     def _recv(self, what: str) -> bytes:
         try:
-            return self._conn.recv_bytes()
+            raw = self._conn.recv_bytes()
         except (EOFError, OSError):
-            self._proc.join(5)
+            _stop(self._proc, 5)
             raise crashed(what, self._proc.exitcode) from None
+        if raw.startswith(_ERROR):
+            _stop(self._proc, 5)
+            raise QuantkitError(f"llama.cpp failed while {what}: {raw[len(_ERROR):].decode(errors='replace')}")
+        return raw
 
     def logits(self, ids: list[int]) -> np.ndarray:
         what = f"scoring {self.path.name}"
         try:
             self._conn.send_bytes(np.asarray(ids, dtype=np.int32).tobytes())
         except OSError:  # the child is gone (BrokenPipeError)
-            self._proc.join(5)
+            _stop(self._proc, 5)
             raise crashed(what, self._proc.exitcode) from None
         raw = self._recv(what)
         return np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.n_vocab)
@@ -199,20 +229,30 @@ class Runtime:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._conn.close()
-        self._proc.join(5)
-        if self._proc.is_alive():
-            self._proc.kill()
+        _stop(self._proc, 5)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+_ERROR = b"\0error "  # first bytes of a message that is an error, not numbers
 
 
 def _serve(conn, path: str, n_ctx: int) -> None:
-    llm = load(Path(path), n_ctx=n_ctx)
-    conn.send_bytes(f"{llm.n_ctx()} {llm.n_vocab()}".encode())
-    while True:
-        try:
-            raw = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        ids = np.frombuffer(raw, dtype=np.int32).tolist()
-        llm.reset()
-        llm.eval(ids)
-        conn.send_bytes(np.ascontiguousarray(llm.scores[: len(ids)], dtype=np.float32).tobytes())
+    """Runs in the child: load once, then answer token ids with logits until the parent hangs up."""
+    try:
+        llm = load(Path(path), n_ctx=n_ctx)
+        conn.send_bytes(f"{llm.n_ctx()} {llm.n_vocab()}".encode())
+        while True:
+            try:
+                raw = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            ids = np.frombuffer(raw, dtype=np.int32).tolist()
+            llm.reset()
+            llm.eval(ids)
+            conn.send_bytes(np.ascontiguousarray(llm.scores[: len(ids)], dtype=np.float32).tobytes())
+    except Exception as e:  # noqa: BLE001  (one line to the parent, not a child's traceback)
+        with contextlib.suppress(OSError):
+            conn.send_bytes(_ERROR + " ".join(f"{type(e).__name__}: {e}".split()).encode())
