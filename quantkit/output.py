@@ -31,6 +31,7 @@ UNHASHED = (MANIFEST, CARD)
 
 
 LOCK = ".lock"
+CHILDREN: list = []  # callables that kill child processes still running (llama.cpp), for SIGTERM
 REPLACED = ".replaced-"
 
 
@@ -316,10 +317,9 @@ def _sigterm_removes(staging: Path, lock: Path) -> Iterator[None]:
     def on_term(signum, frame):
         # Raising here could land inside a queue or lock of a worker thread and deadlock the
         # clean-up, so stop llama.cpp children, remove the partial folder and the lock, and leave.
-        import multiprocessing
-
-        for child in multiprocessing.active_children():
-            child.kill()
+        for stop in CHILDREN:
+            with contextlib.suppress(Exception):
+                stop()
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             lock.unlink()

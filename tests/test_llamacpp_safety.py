@@ -103,8 +103,8 @@ def test_runtime_crash_is_one_error(q4_0):
     to it) is a QuantkitError naming the signal, and quantkit goes on."""
     rt = llamacpp.Runtime(q4_0, n_ctx=64)
     assert rt.logits([1, 2, 3]).shape == (3, rt.n_vocab)
-    os.kill(rt._proc.pid, signal.SIGSEGV)
-    rt._proc.join(10)
+    os.kill(rt.pid, signal.SIGSEGV)
+    rt._proc.wait(10)
     with pytest.raises(QuantkitError, match=r"llama.cpp crashed \(SIGSEGV\) while scoring"):
         rt.logits([1, 2, 3])
 
@@ -130,15 +130,17 @@ def test_real_amx_crash_is_one_line(cli, q4_0, tiny, monkeypatch):
     assert_one_line_error(r, "llama.cpp crashed (SIG", llamacpp.EXTRA_BUFTS_ENV)
 
 
-def _segfault(*args) -> None:
-    os.kill(os.getpid(), signal.SIGSEGV)
-
-
-
 def test_quantizer_crash_is_one_error(q4_0, tmp_path, monkeypatch):
     """The quantizer runs in a child process too: a child that dies of a real SIGSEGV is one error,
     and this process goes on."""
-    monkeypatch.setattr(llamacpp, "_quantize_child", _segfault)  # the spawned child imports it from here
+    real = llamacpp._child
+
+    def segfaulting(*args):
+        p = real(*args)
+        os.kill(p.pid, signal.SIGSEGV)  # arrives while the child starts up, before it answers
+        return p
+
+    monkeypatch.setattr(llamacpp, "_child", segfaulting)
     with pytest.raises(QuantkitError, match=r"llama.cpp crashed \(SIGSEGV\) while quantizing .*\.gguf to Q8_0"):
         llamacpp.quantize(q4_0, tmp_path / "y.gguf", "Q8_0")
     assert not (tmp_path / "y.gguf").exists()

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import multiprocessing
+import json
 import os
 import signal
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 
+from quantkit import output
 from quantkit.errors import InputError, QuantkitError
 
 INSTALL = "pip install 'quantkit[llamacpp]' (builds llama.cpp: about 17 minutes on 2 cores)"
@@ -97,8 +101,40 @@ def crashed(what: str, exitcode: int | None) -> QuantkitError:
     return QuantkitError(f"llama.cpp crashed ({how}) while {what}{hint}")
 
 
-def _spawn():
-    return multiprocessing.get_context("spawn")
+def _child(*args: str) -> subprocess.Popen:
+    """This module run as a child process (`python -m quantkit.backends.gguf.llamacpp ARGS`): a plain
+    subprocess, not multiprocessing, so the user's own __main__ is never imported again there.
+    Frames go over its stdin and stdout."""
+    p = subprocess.Popen([sys.executable, "-m", "quantkit.backends.gguf.llamacpp", *args],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    _RUNNING.add(p)
+    return p
+
+
+_RUNNING: set[subprocess.Popen] = set()
+output.CHILDREN.append(lambda: [p.kill() for p in list(_RUNNING)])  # quantkit's SIGTERM handler stops them
+
+
+def _send(f, data: bytes) -> None:
+    f.write(struct.pack("<Q", len(data)))
+    f.write(data)
+    f.flush()
+
+
+def _read_exact(f, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        b = f.read(n - got)
+        if not b:
+            raise EOFError
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def _recv(f) -> bytes:
+    (n,) = struct.unpack("<Q", _read_exact(f, 8))
+    return _read_exact(f, n)
 
 
 def file_type_id(name: str) -> int:
@@ -121,62 +157,65 @@ def quantize(src: Path, dst: Path, file_type: str, imatrix=None) -> None:
     """llama.cpp's `llama_model_quantize` from a F16/BF16/F32 GGUF, in a child process."""
     lib()
     ftype = file_type_id(file_type)
-    entries = {name: np.ascontiguousarray(imatrix.weights(name), dtype=np.float32) for name in imatrix.entries} if imatrix is not None else None
-    conn, child = _spawn().Pipe(duplex=False)
-    p = _spawn().Process(target=_quantize_child, args=(child, str(src), str(dst), ftype, entries), name="quantkit-llama-quantize")
-    p.start()
-    child.close()
+    p = _child("quantize", str(src), str(dst), str(ftype))
     try:
-        said = conn.recv_bytes().decode(errors="replace") if conn.poll(None) else ""
-    except (EOFError, OSError):
-        said = ""
-    finally:
-        _stop(p)
-    if p.exitcode == 0:
+        try:
+            names = list(imatrix.entries) if imatrix is not None else []
+            _send(p.stdin, json.dumps(names).encode())
+            for name in names:
+                _send(p.stdin, np.ascontiguousarray(imatrix.weights(name), dtype=np.float32).tobytes())
+            said = _recv(p.stdout)
+        except (EOFError, OSError):  # the child ended without a word: it crashed
+            said = None
+        p.wait()
+    finally:  # Ctrl-C here must not leave llama.cpp running on every core
+        _stop(p, 0)
+    if p.returncode == 0 and said == b"ok":
         return
     if said:
-        raise QuantkitError(f"llama.cpp's quantizer failed on {file_type}: {said}; set {LOG_ENV}=1 to see its log")
-    raise crashed(f"quantizing {Path(src).name} to {file_type}", p.exitcode)
+        raise QuantkitError(f"llama.cpp's quantizer failed on {file_type}: {said.decode(errors='replace')}; "
+                            f"set {LOG_ENV}=1 to see its log")
+    raise crashed(f"quantizing {Path(src).name} to {file_type}", p.returncode)
 
 
-def _stop(p, wait: float | None = None) -> None:
-    """Wait for a child (or `wait` seconds), and kill it if it is still there: a Ctrl-C in quantkit
-    must not leave llama.cpp running on every core."""
+def _stop(p: subprocess.Popen, wait: float) -> None:
+    """Give a child `wait` seconds to end, then kill it if it is still there."""
     try:
-        p.join(wait)
+        p.wait(wait)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
-        if p.is_alive():
+        if p.poll() is None:
             p.kill()
-            p.join()
+            p.wait()
+        for f in (p.stdin, p.stdout):
+            with contextlib.suppress(OSError):
+                f.close()
+        _RUNNING.discard(p)
 
 
-def _quantize_child(conn, src: str, dst: str, ftype: int, entries: dict | None) -> None:
-    """Runs in the child: llama_model_quantize, with one line back to the parent if it fails."""
-    try:
-        llama_cpp = lib()
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftype
-        params.nthread = os.cpu_count() or 1
-        keep = []
-        if entries is not None:
-            arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
-            for i, (name, v) in enumerate(entries.items()):
-                keep.append(v)
-                arr[i].name = name.encode()
-                arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-                arr[i].size = v.size
-            arr[len(entries)].name = None
-            params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-            keep.append(arr)
-        with quiet_stderr():
-            rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
-        if rc:
-            conn.send_bytes(f"llama_model_quantize returned {rc}".encode())
-            os._exit(1)
-    except Exception as e:  # noqa: BLE001  (one line to the parent, not a child's traceback)
-        conn.send_bytes(" ".join(f"{type(e).__name__}: {e}".split()).encode())
-        os._exit(1)
-    os._exit(0)
+def _quantize_child(inp, out, src: str, dst: str, ftype: int) -> None:
+    """In the child: llama_model_quantize with the imatrix read from the parent; "ok" or one line back."""
+    llama_cpp = lib()
+    names = json.loads(_recv(inp))
+    entries = {name: np.frombuffer(_recv(inp), dtype=np.float32) for name in names}
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = os.cpu_count() or 1
+    keep = []
+    if names:
+        arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+        for i, (name, v) in enumerate(entries.items()):
+            keep.append(v)
+            arr[i].name = name.encode()
+            arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = v.size
+        arr[len(entries)].name = None
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep.append(arr)
+    with quiet_stderr():
+        rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    _send(out, b"ok" if rc == 0 else f"llama_model_quantize returned {rc}".encode())
 
 
 def tensor_types(path: Path) -> dict[str, str]:
@@ -198,19 +237,15 @@ class Runtime:
     def __init__(self, path: Path, n_ctx: int = 4096):
         lib()
         self.path = Path(path)
-        self._conn, child = _spawn().Pipe()
-        self._proc = _spawn().Process(target=_serve, args=(child, str(path), n_ctx), daemon=True,
-                                      name="quantkit-llama-runtime")
-        self._proc.start()
-        child.close()
+        self._proc = _child("serve", str(path), str(n_ctx))
         self.n_ctx, self.n_vocab = (int(x) for x in self._recv(f"loading {self.path.name}").split())
 
     def _recv(self, what: str) -> bytes:
         try:
-            raw = self._conn.recv_bytes()
+            raw = _recv(self._proc.stdout)
         except (EOFError, OSError):
             _stop(self._proc, 5)
-            raise crashed(what, self._proc.exitcode) from None
+            raise crashed(what, self._proc.returncode) from None
         if raw.startswith(_ERROR):
             _stop(self._proc, 5)
             raise QuantkitError(f"llama.cpp failed while {what}: {raw[len(_ERROR):].decode(errors='replace')}")
@@ -219,16 +254,20 @@ class Runtime:
     def logits(self, ids: list[int]) -> np.ndarray:
         what = f"scoring {self.path.name}"
         try:
-            self._conn.send_bytes(np.asarray(ids, dtype=np.int32).tobytes())
+            _send(self._proc.stdin, np.asarray(ids, dtype=np.int32).tobytes())
         except OSError:  # the child is gone (BrokenPipeError)
             _stop(self._proc, 5)
-            raise crashed(what, self._proc.exitcode) from None
+            raise crashed(what, self._proc.returncode) from None
         raw = self._recv(what)
         return np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.n_vocab)
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self._conn.close()
+            self._proc.stdin.close()  # the child sees EOF and ends
         _stop(self._proc, 5)
 
     def __del__(self) -> None:
@@ -236,23 +275,41 @@ class Runtime:
             self.close()
 
 
-_ERROR = b"\0error "  # first bytes of a message that is an error, not numbers
+_ERROR = b"\0error "  # first bytes of a frame that is an error, not numbers
 
 
-def _serve(conn, path: str, n_ctx: int) -> None:
-    """Runs in the child: load once, then answer token ids with logits until the parent hangs up."""
+def _serve(inp, out, path: str, n_ctx: int) -> None:
+    """In the child: load once, then answer token ids with logits until the parent hangs up."""
+    llm = load(Path(path), n_ctx=n_ctx)
+    _send(out, f"{llm.n_ctx()} {llm.n_vocab()}".encode())
+    while True:
+        try:
+            raw = _recv(inp)
+        except EOFError:
+            return
+        ids = np.frombuffer(raw, dtype=np.int32).tolist()
+        llm.reset()
+        llm.eval(ids)
+        _send(out, np.ascontiguousarray(llm.scores[: len(ids)], dtype=np.float32).tobytes())
+
+
+def _child_main(argv: list[str]) -> None:
+    """The child's entry: frames on private copies of stdin/stdout; fd 1 then points at stderr, so
+    nothing llama.cpp prints can break a frame. A Python error goes back as one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
+    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
     try:
-        llm = load(Path(path), n_ctx=n_ctx)
-        conn.send_bytes(f"{llm.n_ctx()} {llm.n_vocab()}".encode())
-        while True:
-            try:
-                raw = conn.recv_bytes()
-            except (EOFError, OSError):
-                return
-            ids = np.frombuffer(raw, dtype=np.int32).tolist()
-            llm.reset()
-            llm.eval(ids)
-            conn.send_bytes(np.ascontiguousarray(llm.scores[: len(ids)], dtype=np.float32).tobytes())
+        if argv[0] == "quantize":
+            _quantize_child(inp, out, argv[1], argv[2], int(argv[3]))
+        else:
+            _serve(inp, out, argv[1], int(argv[2]))
     except Exception as e:  # noqa: BLE001  (one line to the parent, not a child's traceback)
         with contextlib.suppress(OSError):
-            conn.send_bytes(_ERROR + " ".join(f"{type(e).__name__}: {e}".split()).encode())
+            _send(out, (_ERROR if argv[0] == "serve" else b"") + " ".join(f"{type(e).__name__}: {e}".split()).encode())
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])
