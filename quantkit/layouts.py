@@ -202,7 +202,7 @@ LEGACY_READERS = {  # keyed by config.json quantization_config.quant_method
 
 def gptq_config(params: dict) -> dict:
     return {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": BITS, "group_size": params["group_size"],
-            "sym": params["symmetric"], "desc_act": params.get("act_order") == "group",
+            "sym": params["symmetric"], "desc_act": False,
             "damp_percent": params.get("damping", 0.01), "true_sequential": True, "static_groups": False,
             "lm_head": False}
 
@@ -226,15 +226,10 @@ def _symmetric_only(backend) -> None:
                          "stored); for AWQ's zero points use --format awq or compressed-tensors")
 
 
-def _no_act_order(backend) -> None:
-    if getattr(backend, "act_order", "static") == "group":
-        raise InputError("--act-order group needs g_idx, which the AutoAWQ layout lacks; use --format gptq or compressed-tensors")
-
-
 LAYOUTS = {
     "compressed-tensors": Layout("compressed-tensors INT4 (pack-quantized)", None, None),
     "gptq": Layout("gptq (AutoGPTQ layout)", write_gptq, gptq_config, _symmetric_only),
-    "awq": Layout("awq (AutoAWQ GEMM layout)", write_awq, awq_config, _no_act_order),
+    "awq": Layout("awq (AutoAWQ GEMM layout)", write_awq, awq_config),
 }
 
 

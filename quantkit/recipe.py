@@ -70,7 +70,7 @@ class INT4Options(Strict):
 
 class GPTQOptions(INT4Options):
     damping: float = Field(0.01, ge=0.0, le=1.0)
-    act_order: Literal["static", "group", "none"] = "static"
+    act_order: Literal["static", "none"] = "static"  # llm-compressor 0.14 has no group (g_idx) ordering
 
 
 class AWQOptions(INT4Options):

@@ -460,3 +460,9 @@ def test_verify_does_not_record_into_an_artifact_rebuilt_meanwhile(tiny, tiny_ar
     with pytest.raises(output.OutputError, match="rebuilt while verify scored it"):
         v.record(results)
     assert tree(art) == before
+
+
+def test_gptq_group_act_order_is_one_line(cli, tiny, tmp_path):
+    """llm-compressor 0.14 dropped group activation ordering: refused before any work, not its traceback."""
+    assert_one_line_error(cli("gptq", tiny, "-o", tmp_path / "out", "--act-order", "group"), "--act-order group", "static")
+    assert list(tmp_path.iterdir()) == []

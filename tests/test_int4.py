@@ -147,7 +147,7 @@ def test_bad_int4_options(cli, tiny, tmp_path):
     r = cli("awq", tiny, "-o", tmp_path / "x", "--format", "exl2")
     assert_one_line_error(r, "--format exl2")
     r = cli("gptq", tiny, "-o", tmp_path / "x", "--format", "awq", "--act-order", "group")
-    assert_one_line_error(r, "--act-order group", "AutoAWQ")
+    assert_one_line_error(r, "--act-order group", "llm-compressor")
     r = cli("awq", tiny, "-o", tmp_path / "x", "--format", "gptq")
     assert_one_line_error(r, "--format gptq holds symmetric weights only")
     r = cli("awq", tiny, "-o", tmp_path / "x", "--grid", "2")  # llm-compressor would divide by grid - 2

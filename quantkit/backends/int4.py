@@ -99,6 +99,11 @@ class _Int4:
                  n_grid: int = 20):
         if layout not in layouts.LAYOUTS:
             raise InputError(f"--format {layout}: choose one of {', '.join(layouts.LAYOUTS)}")
+        if act_order == "group":
+            raise InputError("--act-order group (g_idx) is not supported by llm-compressor 0.14, which orders "
+                             "only statically; use --act-order static (the default) or none")
+        if act_order not in ("static", "none"):
+            raise InputError(f"--act-order {act_order}: choose static or none")
         self.group_size, self.samples, self.seq_len = group_size, samples, seq_len
         self.damping, self.act_order, self.layout, self.calibration = damping, act_order, layout, calibration
         self.n_grid = n_grid

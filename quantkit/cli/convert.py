@@ -5,7 +5,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from quantkit.errors import InputError
 from quantkit.output import read_manifest
 from quantkit.cli.common import AllowPickle, Calibration, Force, Json, Model, Output, emit_json, human_bytes, invocation, kv_table, notice, stdout
 
@@ -51,18 +50,16 @@ def register(app: typer.Typer) -> None:
         folder, manifest = convert(name, model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options, provenance=invocation())
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
 
-    @app.command("gptq", epilog="Examples:  quantkit gptq builtin:smollm2 --samples 32 --eval   |   quantkit gptq ./Llama-3.1-8B-Instruct --format gptq --act-order group")
+    @app.command("gptq", epilog="Examples:  quantkit gptq builtin:smollm2 --samples 32 --eval   |   quantkit gptq ./Llama-3.1-8B-Instruct --format gptq")
     def gptq(
         model: Model, output: Output = None, force: Force = False, allow_pickle: AllowPickle = False,
         format_: Layout = "compressed-tensors", group_size: GroupSize = 128, samples: Samples = 128, seq_len: SeqLen = 512,
         calibration: Calibration = None,
         damping: Annotated[float, typer.Option("--damping", min=0.0, max=1.0, help="Hessian dampening, as a fraction of its mean diagonal.")] = 0.01,
-        act_order: Annotated[str, typer.Option("--act-order", help="static (columns by activation size, groups kept contiguous; no runtime cost) | group (g_idx stored) | none")] = "static",
+        act_order: Annotated[str, typer.Option("--act-order", help="static (columns by activation size, groups kept contiguous; no runtime cost) | none")] = "static",
         eval_: EvalFlag = False, eval_text: EvalText = None, eval_tokens: EvalTokens = 8192, json_: Json = False,
     ) -> None:
         """INT4 GPTQ (W4A16 symmetric, group size 128), calibrated layer by layer with llm-compressor."""
-        if act_order not in ("static", "group", "none"):
-            raise InputError(f"--act-order {act_order}: choose static, group or none")
         run_int4("gptq", model, output, force, allow_pickle, json_, eval_, eval_text, eval_tokens,
                  dict(layout=format_, group_size=group_size, samples=samples, seq_len=seq_len, calibration=calibration,
                       damping=damping, act_order=act_order))
