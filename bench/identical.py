@@ -18,7 +18,6 @@ gave the same 44 files byte for byte.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from quantkit.output import sha256_file
 
 SRC = "builtin:tiny-llama"
 CAL = ["--samples", "8", "--seq-len", "64"]
@@ -62,16 +63,8 @@ artifacts:
 """
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*"))
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and (p.suffix in (".safetensors", ".gguf") or p.name == "config.json")}
 
 

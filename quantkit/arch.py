@@ -21,6 +21,25 @@ LINEARS = {
 QKV_BIAS = {"qwen2"}
 
 
+# config.json keys that must be whole numbers of at least 1 (the optional ones when present)
+POSITIVE_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+OPTIONAL_POSITIVE_INTS = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def check_config(cfg: dict) -> None:
+    """Refuse a config.json whose dimensions are not whole numbers of at least 1: one line naming the key."""
+    from quantkit.errors import SourceError
+
+    for key in POSITIVE_INTS + OPTIONAL_POSITIVE_INTS:
+        if key not in cfg or (key in OPTIONAL_POSITIVE_INTS and cfg[key] is None):
+            if key in POSITIVE_INTS:
+                raise SourceError(f"config.json lacks {key}; pass a Llama-family config.json")
+            continue
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SourceError(f"config.json has {key}: {v!r}, which is not a whole number of at least 1; fix or re-download it")
+
+
 @dataclass(frozen=True)
 class Dims:
     model_type: str
@@ -36,6 +55,7 @@ class Dims:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Dims":
+        check_config(cfg)
         heads = cfg["num_attention_heads"]
         return cls(
             model_type=cfg.get("model_type", "llama"),

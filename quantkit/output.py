@@ -424,9 +424,10 @@ def read_manifest(folder: Path) -> dict | None:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
+        m = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return m if isinstance(m, dict) else None
 
 
 def changed_files(folder: Path, manifest: dict, hashes: bool = True) -> list[str]:

@@ -44,11 +44,27 @@ class VerifySpec(Strict):
     runtime: Literal["transformers", "llamacpp"] = "transformers"
     gates: Gates = Gates()
 
+    @field_validator("ctx")
+    @classmethod
+    def _even(cls, v: int) -> int:  # verify scores the second half of each window
+        if v % 2:
+            raise ValueError("use an even window, e.g. 512")
+        return v
+
 
 class PublishSpec(Strict):
     repo: str = Field(pattern=HUB_REPO)
     private: bool = False
     revision: str | None = Field(None, pattern=r"^[\w./-]+$")
+
+    @field_validator("revision")
+    @classmethod
+    def _branch(cls, v: str | None) -> str | None:
+        from quantkit.publish import _BRANCH  # the rule publish applies
+
+        if v is not None and not _BRANCH.match(v):
+            raise ValueError("not a usable branch name; use letters, digits and '-', '_', '.', '/', e.g. fp8-v2")
+        return v
 
 
 # --- options of each format: the command's options -------------------------------------

@@ -133,6 +133,8 @@ def _read_config(path: Path) -> dict:
     config = read_config(path)
     cfg_path = path / "config.json"
     archs = config.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise SourceError(f"{cfg_path}: \"architectures\" must be a list of names, like [\"LlamaForCausalLM\"]; fix or re-download it")
     if not archs:
         raise SourceError(f"{cfg_path} names no architecture; add \"architectures\": [\"LlamaForCausalLM\"] or re-save the model")
     if archs[0] not in SUPPORTED_ARCHITECTURES:
@@ -235,11 +237,16 @@ def _check_against_config(source: Source) -> None:
     weights and config disagree would otherwise convert into an artifact that does not load."""
     from quantkit import arch
 
-    try:
-        expected = arch.tensors(source.config)
-    except (KeyError, TypeError, ZeroDivisionError) as e:
-        raise SourceError(f"{source.path.name}/config.json lacks or garbles {e}; re-download it") from None
+    expected = arch.tensors(source.config)
     have = {t.name: t for h in source.headers.values() for t in h.tensors.values()}
+    layers = source.config["num_hidden_layers"]
+    for name in sorted(have):
+        m = re.match(r"model\.layers\.(\d+)\.", name)
+        if m and int(m.group(1)) >= layers:
+            raise SourceError(
+                f"{source.path.name} holds {name}, but its config.json says num_hidden_layers {layers}; "
+                "the weights and config.json come from different models: re-download them together"
+            )
     for spec in expected:
         got = have.get(spec.name)
         if got is None:

@@ -87,7 +87,12 @@ def read_header(path: Path) -> Header:
             f"{path.name} is not a complete safetensors file ({why}); re-download or re-save it"
         )
 
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+    except OSError as e:
+        raise SourceError(f"cannot read {path.name} ({e.strerror}); re-download it") from None
     if size < 8:
         raise bad(f"only {size} bytes")
     with open(path, "rb") as f:

@@ -183,6 +183,9 @@ def record(results: list[dict]) -> list[Path]:
         art = Path(r["artifact"])
         folder = art if art.is_dir() else art.parent
         if output.read_manifest(folder) is None:  # not a quantkit artifact: nothing to record into
+            if (folder / output.MANIFEST).exists():
+                raise OutputError(f"{folder / output.MANIFEST} is damaged (not a JSON object); the figures were not "
+                                  "recorded: restore it, or pass --no-record")
             continue
         with output.OutputLock(folder):
             m = output.read_manifest(folder)
@@ -198,6 +201,12 @@ def record(results: list[dict]) -> list[Path]:
             card.write_card(folder, m)  # the card shows the figures just measured
         written.append(folder / output.MANIFEST)
     return written
+
+
+def check_gate_values(max_ppl_ratio: float | None, max_kld: float | None) -> None:
+    for flag, value in (("--max-ppl-ratio", max_ppl_ratio), ("--max-kld", max_kld)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{flag} {value}: give a finite number of at least 0, e.g. 1.05")
 
 
 def check_gates(results: list[dict], max_ppl_ratio: float | None, max_kld: float | None) -> None:

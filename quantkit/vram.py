@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantkit import arch
 from quantkit.arch import Dims, tensors
-from quantkit.errors import InputError
+from quantkit.errors import InputError, SourceError
 from quantkit.formats import group_size_for
 
 GIB = 1024**3
@@ -64,9 +65,11 @@ def _exl2_bytes(specs, arg: str, fmt: str, folder: Path | None) -> tuple[int, st
         return total, (f"the EXL2 artifact's stored tensors ({len(files)} file(s); {qc.get('bits')} bpw target, "
                        f"head {qc.get('head_bits')} bits), kept packed on the GPU by exllamav2")
     try:
-        parts = [float(x) for x in arg.split(":")]
-        bpw, head = parts[0], int(parts[1]) if len(parts) > 1 else 6
+        parts = arg.split(":")
+        bpw, head = float(parts[0]), int(parts[1]) if len(parts) > 1 else 6
         head_qp = HEAD_OPTIONS[head]
+        if len(parts) > 2 or not 1.0 <= bpw <= 16.0:  # exllamav2's range is 2 to 8; nan and inf fail here too
+            raise ValueError
     except (ValueError, IndexError, KeyError):
         raise InputError(f"--format {fmt}: write exl2:BPW or exl2:BPW:HEAD_BITS with head bits 2, 3, 4, 5, 6 or 8, e.g. exl2:4.0:6") from None
     total = 0
@@ -174,10 +177,16 @@ def load_config(spec: str) -> tuple[dict, str]:
         cfg = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InputError(f"{p} is not valid JSON; pass a model's config.json") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{p} is not a JSON object; pass a model's config.json")
     cfg = cfg.get("text_config", cfg)
-    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if k not in cfg]
+    missing = [k for k in arch.POSITIVE_INTS if k not in cfg]
     if missing:
         raise InputError(f"{p} lacks {', '.join(missing)}; pass a Llama-family config.json")
+    try:
+        arch.check_config(cfg)
+    except SourceError as e:
+        raise InputError(f"{p}: {e}") from None
     return cfg, str(p)
 
 

@@ -466,3 +466,97 @@ def test_gptq_group_act_order_is_one_line(cli, tiny, tmp_path):
     """llm-compressor 0.14 dropped group activation ordering: refused before any work, not its traceback."""
     assert_one_line_error(cli("gptq", tiny, "-o", tmp_path / "out", "--act-order", "group"), "--act-order group", "static")
     assert list(tmp_path.iterdir()) == []
+
+
+# Found by trying bad inputs the way a user would (helper hunt, issue 14)
+
+
+@pytest.mark.parametrize("key, value", [("num_hidden_layers", -1), ("hidden_size", "64"), ("vocab_size", 0),
+                                        ("num_attention_heads", True), ("head_dim", 0.5)])
+def test_config_dimensions_must_be_positive_whole_numbers(cli, tiny_copy, tmp_path, key, value):
+    cfg = json.loads((tiny_copy / "config.json").read_text())
+    cfg[key] = value
+    (tiny_copy / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(cli("fp8", tiny_copy, "-o", tmp_path / "out"), key, "whole number")
+    assert_one_line_error(cli("vram", tiny_copy), key, "whole number")
+    assert not (tmp_path / "out").exists()
+
+
+def test_layers_beyond_the_config_are_refused(cli, tiny_copy, tmp_path):
+    cfg = json.loads((tiny_copy / "config.json").read_text())
+    cfg["num_hidden_layers"] -= 1
+    (tiny_copy / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(cli("fp8", tiny_copy, "-o", tmp_path / "out"), "num_hidden_layers")
+
+
+def test_architectures_must_be_a_list(cli, tiny_copy, tmp_path):
+    cfg = json.loads((tiny_copy / "config.json").read_text())
+    cfg["architectures"] = "LlamaForCausalLM"
+    (tiny_copy / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(cli("fp8", tiny_copy, "-o", tmp_path / "out"), "architectures", "list")
+
+
+@pytest.mark.parametrize("damage", ["broken-symlink", "directory"])
+def test_unreadable_weight_file(cli, tiny_copy, tmp_path, damage):
+    f = tiny_copy / "model.safetensors"
+    f.unlink()
+    if damage == "broken-symlink":
+        f.symlink_to(tmp_path / "gone.safetensors")
+    else:
+        f.mkdir()
+    assert_one_line_error(cli("fp8", tiny_copy, "-o", tmp_path / "out"), "cannot read model.safetensors")
+    assert_one_line_error(cli("inspect", tiny_copy), "model.safetensors")
+
+
+def test_manifest_that_is_not_an_object(cli, tiny, tiny_artifact, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    (art / "quantkit.json").write_text("[1]")
+    r = cli("inspect", art)
+    assert r.code == 0 and "Traceback" not in r.err
+    assert_one_line_error(cli("verify", art, "--source", tiny, "--tokens", "2048", "--ctx", "128"), "quantkit.json is damaged")
+
+
+@pytest.mark.parametrize("fmt", ["exl2:nan", "exl2:inf", "exl2:-3", "exl2:1e308", "exl2:4.0:6:9"])
+def test_vram_exl2_bit_rates(cli, tiny, fmt):
+    assert_one_line_error(cli("vram", tiny, "--format", fmt), "--format")
+
+
+def test_vram_config_not_an_object(cli, tmp_path):
+    (tmp_path / "config.json").write_text("[1]")
+    assert_one_line_error(cli("vram", tmp_path / "config.json"), "not a JSON object")
+
+
+def test_exl2_measurement_that_is_a_folder(cli, tiny, tmp_path):
+    (tmp_path / "m").mkdir()
+    assert_one_line_error(cli("exl2", tiny, "-o", tmp_path / "out", "--measurement", tmp_path / "m"), "--measurement")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cache_that_is_a_file(cli, tmp_path, monkeypatch):
+    (tmp_path / "cachefile").write_text("x")
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cachefile"))
+    assert_one_line_error(cli("fp8", "builtin:tiny-llama", "-o", tmp_path / "out"), "QUANTKIT_CACHE")
+
+
+@pytest.mark.parametrize("flag", ["--max-ppl-ratio", "--max-kld"])
+def test_verify_gates_must_be_finite(cli, tiny, tiny_artifact, flag):
+    r = cli("verify", tiny_artifact, "--source", tiny, flag, "nan", "--no-record")
+    assert_one_line_error(r, flag)
+    assert r.out == ""
+
+
+def test_empty_eval_text_refused_before_converting(cli, tiny, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    assert_one_line_error(cli("fp8", tiny, "-o", tmp_path / "out", "--eval", "--eval-text", tmp_path / "empty.txt"), "empty")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad, needle", [("verify: {ctx: 513}", "even"), ("publish: {repo: me/x, revision: 'a..b'}", "branch")])
+def test_run_check_refuses_what_the_run_would(cli, tmp_path, bad, needle):
+    recipe = tmp_path / "r.yaml"
+    if bad.startswith("verify"):
+        recipe.write_text(f"recipe: 1\nname: r\nsource: builtin:tiny-llama\n{bad}\nartifacts:\n  - format: fp8\n")
+    else:
+        recipe.write_text(f"recipe: 1\nname: r\nsource: builtin:tiny-llama\nartifacts:\n  - format: fp8\n    {bad}\n")
+    assert_one_line_error(cli("run", recipe, "--check"), needle)

@@ -41,11 +41,15 @@ def register(app: typer.Typer) -> None:
         """
         from quantkit.pipeline import convert
 
+        check_eval_text(eval_, eval_text)
+
         folder, manifest = convert("fp8", model, output, force, allow_pickle, show_progress=not json_, notice=notice, provenance=invocation())
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
 
     def run_int4(name, model, output, force, allow_pickle, json_, eval_, eval_text, eval_tokens, options):
         from quantkit.pipeline import convert
+
+        check_eval_text(eval_, eval_text)
 
         folder, manifest = convert(name, model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options, provenance=invocation())
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
@@ -100,6 +104,8 @@ def register(app: typer.Typer) -> None:
         """
         from quantkit.pipeline import convert
 
+        check_eval_text(eval_, eval_text)
+
         options = dict(types=type_, engine=engine, imatrix=imatrix, imatrix_file=imatrix_file,
                        calibration=calibration, imatrix_chunks=imatrix_chunks)
         folder, manifest = convert("gguf", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options, provenance=invocation())
@@ -133,11 +139,24 @@ def register(app: typer.Typer) -> None:
         """
         from quantkit.pipeline import convert
 
+        check_eval_text(eval_, eval_text)
+
         options = dict(bpw=bpw, head_bits=head_bits, measurement=measurement, calibration=calibration, rows=rows,
                        length=length, measurement_rows=measurement_rows, measurement_length=measurement_length,
                        shard_mb=shard_size, objective=objective)
         folder, manifest = convert("exl2", model, output, force, allow_pickle, show_progress=not json_, notice=notice, options=options, provenance=invocation())
         finish(folder, manifest, json_, eval_, eval_text, eval_tokens)
+
+
+def check_eval_text(eval_: bool, eval_text) -> None:
+    """With --eval, the evaluation text is read before any conversion: a bad one fails at once."""
+    if eval_:
+        from quantkit.errors import InputError
+        from quantkit.text import load_text
+
+        text, described = load_text(eval_text, "evaluation")
+        if not text.strip():
+            raise InputError(f"--eval-text: {described} is empty; pass a text of at least a few thousand words")
 
 
 def finish(folder, manifest: dict, json_: bool, eval_: bool, eval_text, eval_tokens: int, targets=None) -> None:

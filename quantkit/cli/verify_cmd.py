@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         """Perplexity of source and artifacts on the same token windows, KL divergence, top-token agreement; a CI gate."""
         from quantkit import output, verify as v
 
+        v.check_gate_values(max_ppl_ratio, max_kld)
         if chart is None and len(artifacts) > 1:
             chart = Path("verify-chart.png")
         if chart is not None:  # before minutes of scoring, not after

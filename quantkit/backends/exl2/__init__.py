@@ -141,6 +141,8 @@ class EXL2:
             data = json.loads(f.read_text())["measurement"]
         except FileNotFoundError:
             raise InputError(f"--measurement {f}: no such file; pass the measurement.json of an earlier exl2 run") from None
+        except OSError as e:
+            raise InputError(f"--measurement {f}: cannot read it ({e.strerror}); pass the measurement.json of an earlier exl2 run") from None
         except (ValueError, KeyError, TypeError):
             raise InputError(f"--measurement {f}: not an EXL2 measurement.json (no 'measurement' table); pass one quantkit or exllamav2 wrote") from None
         for layer in range(self._layers()):
