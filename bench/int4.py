@@ -35,16 +35,16 @@ from quantkit.backends.int4 import RTN
 from quantkit.source import resolve
 src, out = resolve(sys.argv[1]), Path(sys.argv[2])
 b = RTN(symmetric=sys.argv[3] == "sym")
-b.check(src)
 out.mkdir(parents=True)
-b.run(src, out, lambda n: None)
+b.run(b.check(src), out, lambda n: None)
 """
 
 DIRECT = """
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmcompressor import oneshot
-from quantkit.backends.int4 import AWQ, GPTQ, awq_on_cpu, calibration_dataset
+from quantkit.backends.int4 import AWQ, GPTQ
+from quantkit.backends.int4.calibrate import awq_on_cpu, calibration_dataset, modifiers
 from quantkit.fixtures import builtin
 from quantkit.text import default_text
 method, out, samples, seq_len, grid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -52,8 +52,8 @@ src = builtin("smollm2")
 tok = AutoTokenizer.from_pretrained(src)
 data = calibration_dataset(tok, default_text("calibration"), samples, seq_len)
 model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)  # as quantkit on CPU
-b = GPTQ() if method == "gptq" else AWQ(n_grid=grid)
-recipe = b.recipe(64)
+b = GPTQ() if method == "gptq" else AWQ(grid=grid)
+recipe = modifiers(b, 64)
 ctx = awq_on_cpu() if method == "awq" else torch.no_grad()
 with ctx:
     oneshot(model=model, dataset=data, recipe=recipe, num_calibration_samples=len(data), max_seq_length=seq_len,

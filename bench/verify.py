@@ -32,7 +32,7 @@ import sys
 from transformers import AutoTokenizer
 from quantkit.fixtures import builtin
 from quantkit.text import default_text
-from quantkit.verify import tokenize, windows
+from quantkit.scoring import tokenize, windows
 tok = AutoTokenizer.from_pretrained(builtin("smollm2"))
 chunks = windows(tokenize(tok, default_text("evaluation"), int(sys.argv[1])), 512, tok.bos_token_id)
 """

@@ -1,11 +1,28 @@
-"""Architecture facts from config.json alone: the weight tensors a Llama-family model has.
+"""Architecture facts from config.json alone: the architectures quantkit converts, the model's
+dimensions and rope settings, and the weight tensors a Llama-family model has.
 
-Used by `vram` (bytes per format without downloading weights) and by bench/
-(synthetic checkpoints of real shapes).
+Used by source checks, the GGUF converter, `vram` (bytes per format without downloading weights)
+and bench/ (synthetic checkpoints of real shapes).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Architecture:
+    hf_name: str  # config.json's architectures[0]
+    family: str  # the name used in tables and cards
+    gguf_arch: str  # llama.cpp's general.architecture
+    permute_qk: bool  # q/k rows are permuted into llama.cpp's rotary layout in GGUF
+
+
+# The architectures quantkit converts.
+ARCHITECTURES: dict[str, Architecture] = {a.hf_name: a for a in (
+    Architecture("LlamaForCausalLM", "llama", "llama", True),
+    Architecture("MistralForCausalLM", "mistral", "llama", True),
+    Architecture("Qwen2ForCausalLM", "qwen2", "qwen2", False),
+)}
 
 # Linear layers inside each decoder layer: name -> (rows, cols) as functions of the dims.
 LINEARS = {
@@ -69,6 +86,17 @@ class Dims:
             tied=bool(cfg.get("tie_word_embeddings", False)),
             max_positions=cfg.get("max_position_embeddings", 0),
         )
+
+
+def rope(config: dict) -> tuple[float, dict]:
+    """(rope_theta, scaling parameters or {}) from transformers 4 (`rope_theta`, `rope_scaling`)
+    or transformers 5 (`rope_parameters`) configs."""
+    params = dict(config.get("rope_parameters") or {})
+    scaling = dict(config.get("rope_scaling") or {})
+    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    merged = {**scaling, **params}
+    kind = merged.get("rope_type", merged.get("type", "default"))
+    return float(theta), ({} if kind in (None, "default") else {**merged, "rope_type": kind})
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,9 @@ class LegacyReader:
 
     @property
     def describe(self) -> str:
-        return LAYOUTS[self.layout].describe
+        from quantkit.backends.int4.backend import LAYOUTS as NAMES
+
+        return NAMES[self.layout]
 
     def check(self, qc: dict) -> None:
         """Refuse, in one line, a quantization_config this reader does not read."""
@@ -214,22 +216,14 @@ def awq_config(params: dict) -> dict:
 
 @dataclass
 class Layout:
-    describe: str
     write_module: Callable[[str, Module], dict] | None
     config: Callable[[dict], dict] | None
-    check: Callable[[object], None] = lambda backend: None
 
 
-def _symmetric_only(backend) -> None:
-    if not getattr(backend, "symmetric", True):
-        raise InputError("--format gptq holds symmetric weights only (AutoGPTQ stores zero points minus 1, so 0 cannot be "
-                         "stored); for AWQ's zero points use --format awq or compressed-tensors")
-
-
-LAYOUTS = {
-    "compressed-tensors": Layout("compressed-tensors INT4 (pack-quantized)", None, None),
-    "gptq": Layout("gptq (AutoGPTQ layout)", write_gptq, gptq_config, _symmetric_only),
-    "awq": Layout("awq (AutoAWQ GEMM layout)", write_awq, awq_config),
+LAYOUTS = {  # names and descriptions: quantkit/backends/int4/backend.py LAYOUTS
+    "compressed-tensors": Layout(None, None),
+    "gptq": Layout(write_gptq, gptq_config),
+    "awq": Layout(write_awq, awq_config),
 }
 
 

@@ -31,6 +31,21 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+@contextlib.contextmanager
+def quiet_gguf() -> Iterator[None]:
+    """gguf-py's warnings ("gguf" and its child loggers, e.g. SpecialVocab on post-processor shapes
+    it half-understands) off stderr while it is used; what matters comes back to the user as notices."""
+    import logging
+
+    log = logging.getLogger("gguf")
+    old = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 _BAR = re.compile(r"\d+%\|")
 
 

@@ -18,7 +18,7 @@ import torch
 
 from quantkit import formats
 from quantkit.errors import InputError
-from quantkit.libs import no_library_bars, quiet_transformers
+from quantkit.libs import no_library_bars, quiet_gguf, quiet_transformers
 
 
 @dataclass
@@ -72,7 +72,8 @@ def load_hf(path: Path) -> Scorer:
 def load_gguf(path: Path) -> Scorer:
     """GGUF through transformers' GGUF loader (dequantized to float32: weight error only)."""
     f = _one_gguf(path)
-    model = _load_transformers(f.parent, gguf_file=f.name)
+    with quiet_gguf():  # transformers reads the file with gguf-py
+        model = _load_transformers(f.parent, gguf_file=f.name)
     return Scorer(f, "gguf", f.stat().st_size, "unquantized (float32 compute, weights dequantized)",
                   model.config.vocab_size, _hf_logits(model))
 
@@ -241,10 +242,9 @@ def check_gguf(path: Path) -> None:
     """A .gguf file that gguf-py reads whole: its magic, header and every tensor within the file."""
     import gguf
 
-    import quantkit.backends.gguf  # noqa: F401  (keeps gguf-py's own warnings off stderr)
-
     try:
-        reader = gguf.GGUFReader(str(path))
+        with quiet_gguf():
+            reader = gguf.GGUFReader(str(path))
         size = path.stat().st_size
         for t in reader.tensors:
             if t.data_offset + t.n_bytes > size:

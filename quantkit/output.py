@@ -37,7 +37,9 @@ REPLACED = ".replaced-"
 
 def is_artifact(folder: Path) -> bool:
     """A folder whose quantkit.json says quantkit wrote it: the only kind --force may replace."""
-    m = read_manifest(folder)
+    from quantkit.manifest import read_dict  # manifest.py writes through this module
+
+    m = read_dict(folder)
     return bool(m) and "quantkit_version" in m and isinstance(m.get("files"), dict)
 
 
@@ -417,17 +419,6 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict, sort_keys: bool = False) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
-
-
-def read_manifest(folder: Path) -> dict | None:
-    p = Path(folder) / MANIFEST
-    if not p.is_file():
-        return None
-    try:
-        m = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return m if isinstance(m, dict) else None
 
 
 def changed_files(folder: Path, manifest: dict, hashes: bool = True) -> list[str]:

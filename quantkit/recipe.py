@@ -7,9 +7,8 @@ refused, duplicate keys are refused (YAML would keep the last silently), and the
 below forbids unknown fields. Every error names the recipe's line and the field. Artifact
 names are single folder names, so every output stays inside the folder `quantkit run` writes to.
 
-The option models mirror the conversion commands: their field names (or aliases) are the
-command-line option names with `-` written as `_`, and their defaults are the commands'
-defaults (tests/test_recipe.py checks both against the CLI).
+An artifact's `options:` is its backend's options model (quantkit/backends/base.py Options),
+the same model the conversion command is derived from: a field `head_bits` is `--head-bits`.
 """
 from __future__ import annotations
 
@@ -18,12 +17,14 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from quantkit.errors import InputError
+from quantkit.backends.registry import REGISTRY
+
+from quantkit.errors import InputError, validation_problem
+from quantkit.hub_ids import BRANCH, REPO_ID_PATTERN
 
 MAX_RECIPE_BYTES = 1 << 20
-HUB_REPO = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"
 FOLDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # one path component: no '/', no '..'
 RECIPE_VERSION = 1
 
@@ -53,72 +54,19 @@ class VerifySpec(Strict):
 
 
 class PublishSpec(Strict):
-    repo: str = Field(pattern=HUB_REPO)
+    repo: str = Field(pattern=REPO_ID_PATTERN)
     private: bool = False
     revision: str | None = Field(None, pattern=r"^[\w./-]+$")
 
     @field_validator("revision")
     @classmethod
     def _branch(cls, v: str | None) -> str | None:
-        from quantkit.publish import _BRANCH  # the rule publish applies
-
-        if v is not None and not _BRANCH.match(v):
+        if v is not None and not BRANCH.match(v):
             raise ValueError("not a usable branch name; use letters, digits and '-', '_', '.', '/', e.g. fp8-v2")
         return v
 
 
-# --- options of each format: the command's options -------------------------------------
-
-Layout = Literal["compressed-tensors", "gptq", "awq"]
-
-
-class FP8Options(Strict):
-    pass
-
-
-class INT4Options(Strict):
-    layout: Layout = Field("compressed-tensors", alias="format")
-    group_size: int = Field(128, ge=32)
-    samples: int = Field(128, ge=1)
-    seq_len: int = Field(512, ge=16)
-    calibration: str | None = None
-
-
-class GPTQOptions(INT4Options):
-    damping: float = Field(0.01, ge=0.0, le=1.0)
-    act_order: Literal["static", "none"] = "static"  # llm-compressor 0.14 has no group (g_idx) ordering
-
-
-class AWQOptions(INT4Options):
-    n_grid: int = Field(20, ge=3, alias="grid")  # llm-compressor divides by grid - 2
-
-
-class GGUFOptions(Strict):
-    types: str = Field("Q4_K_M", alias="type")
-    imatrix: bool = False
-    imatrix_file: str | None = None
-    imatrix_chunks: int = Field(64, ge=1)
-    calibration: str | None = None
-    engine: Literal["quantkit", "llamacpp"] = "quantkit"
-
-    @field_validator("types", mode="before")
-    @classmethod
-    def _join(cls, v):  # `type: [Q4_K_M, Q8_0]` or `type: Q4_K_M,Q8_0`
-        return ",".join(map(str, v)) if isinstance(v, list) else v
-
-
-class EXL2Options(Strict):
-    bpw: float = Field(4.125, gt=0)
-    head_bits: int = 6
-    measurement: str | None = None
-    calibration: str | None = None
-    rows: int = Field(100, ge=1)
-    length: int = Field(2048, ge=16)
-    measurement_rows: int = Field(16, ge=1)
-    measurement_length: int = Field(2048, ge=16)
-    shard_mb: int = Field(8192, ge=1, alias="shard_size")
-    objective: Literal["delta", "output"] = "delta"
-
+# --- artifacts: one kind per backend, its options the backend's own model ---------------
 
 # Recipe fields that name input files: resolved against the recipe's folder.
 INPUT_PATH_OPTIONS = ("calibration", "imatrix_file", "measurement")
@@ -131,36 +79,17 @@ class ArtifactBase(Strict):
     publish: PublishSpec | None = None
 
     def backend_options(self) -> dict:
-        return self.options.model_dump(by_alias=False)
+        return self.options.model_dump(mode="json")
 
 
-class FP8Artifact(ArtifactBase):
-    format: Literal["fp8"]
-    options: FP8Options = FP8Options()
+def _artifact_model(name: str, options: type) -> type[ArtifactBase]:
+    return create_model(f"{name.upper()}Artifact", __base__=ArtifactBase,
+                        format=(Literal[name], ...), options=(options, options()))
 
 
-class GPTQArtifact(ArtifactBase):
-    format: Literal["gptq"]
-    options: GPTQOptions = GPTQOptions()
-
-
-class AWQArtifact(ArtifactBase):
-    format: Literal["awq"]
-    options: AWQOptions = AWQOptions()
-
-
-class GGUFArtifact(ArtifactBase):
-    format: Literal["gguf"]
-    options: GGUFOptions = GGUFOptions()
-
-
-class EXL2Artifact(ArtifactBase):
-    format: Literal["exl2"]
-    options: EXL2Options = EXL2Options()
-
-
-Artifact = Annotated[Union[FP8Artifact, GPTQArtifact, AWQArtifact, GGUFArtifact, EXL2Artifact], Field(discriminator="format")]
-OPTION_MODELS = {"fp8": FP8Options, "gptq": GPTQOptions, "awq": AWQOptions, "gguf": GGUFOptions, "exl2": EXL2Options}
+ARTIFACTS = {name: _artifact_model(name, backend.Options) for name, backend in REGISTRY.items()}
+OPTION_MODELS = {name: backend.Options for name, backend in REGISTRY.items()}
+Artifact = Annotated[Union[tuple(ARTIFACTS.values())], Field(discriminator="format")]
 
 
 class Recipe(Strict):
@@ -212,7 +141,7 @@ def parse(text: str, where: str = "recipe") -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        line, field = _locate(root, err["loc"])
+        line, field = locate(root, err["loc"])
         raise InputError(f"{where}:{line}: {field}: {_message(err)}") from None
 
 
@@ -229,7 +158,7 @@ def _refuse_duplicate_keys(node, where: str) -> None:
             _refuse_duplicate_keys(v, where)
 
 
-def _locate(root, loc: tuple) -> tuple[int, str]:
+def locate(root, loc: tuple) -> tuple[int, str]:
     """The line of the deepest YAML node on pydantic's error path, and that path as a field name.
     A missing field is reported at the line of the mapping that lacks it."""
     node, parts, line = root, [], root.start_mark.line + 1
@@ -254,17 +183,13 @@ def _locate(root, loc: tuple) -> tuple[int, str]:
 
 def _message(err: dict) -> str:
     kind = err["type"]
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "extra_forbidden":
-        return "unknown field; check its spelling against recipes/README.md"
     if kind == "union_tag_invalid":
         return f"unknown format; choose one of {', '.join(OPTION_MODELS)}"
     if kind == "union_tag_not_found":
         return f"each artifact needs `format:` ({', '.join(OPTION_MODELS)})"
     if kind == "string_pattern_mismatch":
         return f"{_short(err['input'])} is not allowed here ({_PATTERN_HELP.get(err['ctx']['pattern'], err['ctx']['pattern'])})"
-    return err["msg"][0].lower() + err["msg"][1:]
+    return validation_problem(err)
 
 
 def _short(value) -> str:
@@ -273,7 +198,7 @@ def _short(value) -> str:
 
 
 _PATTERN_HELP = {
-    HUB_REPO: "a Hub repository id, ORG/NAME",
+    REPO_ID_PATTERN: "a Hub repository id, ORG/NAME",
     FOLDER_NAME: "a single folder name of letters, digits, '.', '_', '+', '-'; outputs stay inside the run's folder",
 }
 

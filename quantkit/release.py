@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantkit import output, recipe as recipes
-from quantkit.backends import REGISTRY
-from quantkit.errors import InputError, OutputError, QuantkitError
+import yaml
+
+from quantkit import figures, manifest as manifests, output, recipe as recipes
+from quantkit.errors import InputError, OptionError, OutputError, QuantkitError
+from quantkit.manifest import Manifest, VerifyResult
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "release.json", "release.md", "release.png"
 
@@ -28,7 +30,7 @@ class Step:
     reuse: bool = False  # a complete artifact made from the same source and options is already there
     status: str = "pending"  # built | reused | failed gate
     verify: str = "not run"  # measured | reused | off
-    results: list[dict] = field(default_factory=list)
+    results: list[VerifyResult] = field(default_factory=list)
     gates: dict = field(default_factory=dict)
     gate_failures: list[str] = field(default_factory=list)
     published: dict | None = None
@@ -36,10 +38,12 @@ class Step:
 
 
 def plan(spec: recipes.Recipe, recipe_dir: Path, out: Path, model_name: str) -> list[Step]:
+    from quantkit.backends.registry import REGISTRY
+
     steps, seen = [], {}
     for i, art in enumerate(spec.artifacts):
         options = recipes.option_paths(art.backend_options(), recipe_dir)
-        name = art.name or f"{model_name}-{REGISTRY[art.format](**options).suffix}"
+        name = art.name or f"{model_name}-{REGISTRY[art.format](art.options).suffix()}"
         if name in seen:
             raise InputError(f"artifacts[{seen[name]}] and artifacts[{i}] both write {name}; give one a different `name:`")
         seen[name] = i
@@ -49,17 +53,17 @@ def plan(spec: recipes.Recipe, recipe_dir: Path, out: Path, model_name: str) -> 
     return steps
 
 
-def matches(manifest: dict | None, fmt: str, options: dict, source_spec: str) -> str | None:
+def matches(manifest: Manifest | None, fmt: str, options: dict, source_spec: str) -> str | None:
     """None when the manifest says this artifact is the one the recipe asks for; else why not."""
     if manifest is None:
         return "it has no quantkit.json (not a finished quantkit artifact)"
-    if manifest.get("backend") != fmt:
-        return f"it holds {manifest.get('backend') or manifest.get('format')}, not {fmt}"
-    if manifest.get("options") != json.loads(json.dumps(options)):
-        diff = sorted(k for k in set(options) | set(manifest.get("options", {})) if manifest.get("options", {}).get(k) != options.get(k))
+    if manifest.backend != fmt:
+        return f"it holds {manifest.backend or manifest.format}, not {fmt}"
+    if manifest.options != json.loads(json.dumps(options)):
+        diff = sorted(k for k in set(options) | set(manifest.options) if manifest.options.get(k) != options.get(k))
         return f"it was made with other options ({', '.join(diff) or 'options'})"
-    if manifest.get("source", {}).get("spec") != source_spec:
-        return f"it was made from {manifest.get('source', {}).get('spec')}, not {source_spec}"
+    if manifest.source.spec != source_spec:
+        return f"it was made from {manifest.source.spec}, not {source_spec}"
     return None
 
 
@@ -69,8 +73,8 @@ def run(recipe_path: Path, out: Path | None = None, force: bool = False, publish
     """Run a recipe; returns the release report (also written into the output folder).
     Raises GateFailed (exit 1) after writing the report when an artifact fails a gate."""
     recipe_path = Path(recipe_path)
-    spec, text = recipes.load(recipe_path)  # before any heavy import: a bad recipe fails at once
-    from quantkit import verify as v
+    spec, text = recipes.load(recipe_path)  # a bad recipe fails at once, before torch is imported
+    from quantkit import scoring as v
     from quantkit.pipeline import convert
 
     recipe_dir = recipe_path.resolve().parent
@@ -97,9 +101,14 @@ def run(recipe_path: Path, out: Path | None = None, force: bool = False, publish
                 say(f"{label}: complete, reused")
             else:
                 say(f"{label}: converting")
-                convert(step.spec.format, source_spec, step.folder, force=force or step.folder.exists(),
-                        allow_pickle=allow_pickle, show_progress=show_progress, notice=notice,
-                        options=step.options, provenance={**provenance, "artifact": step.folder.name})
+                try:
+                    convert(step.spec.format, source_spec, step.folder, force=force or step.folder.exists(),
+                            allow_pickle=allow_pickle, show_progress=show_progress, notice=notice,
+                            options=step.options, provenance={**provenance, "artifact": step.folder.name})
+                except OptionError as e:  # named as the recipe field, at its line
+                    i = n - 1
+                    line = line_of(text, ("artifacts", i, "options", e.field))
+                    raise InputError(e.in_recipe(f"{recipe_path.name}:{line}: artifacts[{i}].options")) from None
                 step.status = "built"
             if step.spec.verify:
                 _verify(step, spec.verify, source_spec, recipe_dir, show_progress, say, label)
@@ -112,7 +121,7 @@ def run(recipe_path: Path, out: Path | None = None, force: bool = False, publish
                 raise v.GateFailed(f"gate failed for {step.folder.name}: " + "; ".join(step.gate_failures)
                                    + "; the release stopped here (report in " + str(out / REPORT_MD) + ")")
         if publish:
-            from quantkit import publish as pub
+            from quantkit import upload as pub
 
             for step in steps:
                 target = targets[id(step)]
@@ -151,10 +160,10 @@ def _reusable(step: Step, source_spec: str, force: bool) -> bool:
     output.recover(step.folder)  # an artifact a killed --force run had moved aside is put back first
     if not step.folder.exists():
         return False
-    existing = output.read_manifest(step.folder)
+    existing = manifests.read(step.folder)
     why = matches(existing, step.spec.format, step.options, source_spec)
     if why is None:
-        stale = output.changed_files(step.folder, existing, hashes=False)
+        stale = output.changed_files(step.folder, existing.to_dict(), hashes=False)
         why = None if not stale else f"its files no longer match its quantkit.json ({stale[0]})"
     if why is None:  # complete and the same: reused, with or without --force
         return True
@@ -171,17 +180,18 @@ def _publish_target(p, org: str | None) -> dict | None:
 
 
 def _verify(step: Step, vs, source_spec: str, recipe_dir: Path, show_progress: bool, say, label: str) -> None:
-    from quantkit import verify as v
+    from quantkit import scoring as v
 
     eval_text = vs.eval_text
     if eval_text and not Path(eval_text).is_absolute() and (recipe_dir / eval_text).exists():
         eval_text = str((recipe_dir / eval_text).resolve())
     settings = {"eval_text": eval_text, "tokens": vs.tokens, "ctx": vs.ctx, "runtime": vs.runtime}
-    m = output.read_manifest(step.folder)
+    m = manifests.read(step.folder)
     files = sorted(step.folder.glob("*.gguf"))
-    if m.get("verify_settings") == settings:
-        kept = ([{**m["verify_files"][f.name], "artifact": str(f)} for f in files if f.name in m.get("verify_files", {})]
-                if files else ([{**m["verify"], "artifact": str(step.folder)}] if m.get("verify") else []))
+    if m.verify_settings == settings:
+        per_file = m.verify_files or {}
+        kept = ([per_file[f.name].model_copy(update={"artifact": str(f)}) for f in files if f.name in per_file]
+                if files else ([m.verify.model_copy(update={"artifact": str(step.folder)})] if m.verify else []))
         if kept and len(kept) == max(len(files), 1):
             step.results, step.verify = kept, "reused"
             return
@@ -189,37 +199,40 @@ def _verify(step: Step, vs, source_spec: str, recipe_dir: Path, show_progress: b
     step.results = v.verify(files or [step.folder], source_spec, eval_text, vs.ctx, vs.tokens,
                             show_progress=show_progress, runtime=vs.runtime)
     v.record(step.results)
-    m = output.read_manifest(step.folder)
-    m["verify_settings"] = settings
-    output.write_json(step.folder / output.MANIFEST, m)
+    m = manifests.read(step.folder)
+    m.verify_settings = settings
+    manifests.write(step.folder, m)
     step.verify = "measured"
 
 
 def _gate(step: Step) -> None:
-    for r in step.results:
-        name = Path(r["artifact"]).name
-        if step.gates["max_ppl_ratio"] is not None and r["ppl_ratio"] > step.gates["max_ppl_ratio"]:
-            step.gate_failures.append(f"{name}: PPL ratio {r['ppl_ratio']:.4f} > max_ppl_ratio {step.gates['max_ppl_ratio']}")
-        if step.gates["max_kld"] is not None and r["kld_mean"] > step.gates["max_kld"]:
-            step.gate_failures.append(f"{name}: mean KLD {r['kld_mean']:.4f} > max_kld {step.gates['max_kld']}")
+    step.gate_failures += figures.gate_failures(step.results, step.gates["max_ppl_ratio"], step.gates["max_kld"],
+                                                name=lambda r: Path(r["artifact"]).name, as_flags=False)
+
+
+REPORT_FIGURES = ("artifact", "size_bytes", "ppl_source", "ppl_quant", "ppl_ratio", "kld_mean", "kld_p99",
+                  "top1_agreement", "tokens_scored", "ctx")  # what release.json keeps of each result
 
 
 def _row(step: Step, target: dict | None) -> dict:
-    m = output.read_manifest(step.folder) if step.folder.is_dir() else None
+    m = manifests.read(step.folder) if step.folder.is_dir() else None
     return {
         "name": step.folder.name, "format": step.spec.format, "folder": str(step.folder),
         "status": step.status, "verify": step.verify, "gates": step.gates, "gate_failures": step.gate_failures,
-        "size_bytes": sum(f["bytes"] for f in m["files"].values()) if m else None,
-        "results": [{k: r[k] for k in ("artifact", "size_bytes", "ppl_source", "ppl_quant", "ppl_ratio", "kld_mean",
-                                       "kld_p99", "top1_agreement", "tokens_scored", "ctx") if k in r}
-                    for r in step.results],
+        "size_bytes": m.size_bytes() if m else None,
+        "results": [{k: d[k] for k in REPORT_FIGURES if k in d} for d in (r.to_dict() for r in step.results)],
         "publish_target": target, "published": step.published, "wall_s": step.wall_s,
     }
 
 
+def line_of(text: str, path: tuple) -> int:
+    """The line of the deepest node on `path` (keys and list indexes) in the recipe's YAML text."""
+    return recipes.locate(yaml.compose(text, Loader=yaml.SafeLoader), path)[0]
+
+
 def write_report(report: dict, out: Path) -> None:
     """release.json, release.md (one table) and release.png (size against PPL ratio and KLD)."""
-    from quantkit import verify as v
+    from quantkit import scoring as v
 
     output.write_json(out / REPORT_JSON, report)
     output.write_text_atomic(out / REPORT_MD, report_markdown(report))
@@ -238,7 +251,7 @@ def report_markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     src = next((r for a in report["artifacts"] for r in a["results"]), None)
     if src:
-        lines.append(f"| source | BF16 | | {src['ppl_source']:.3f} | 1 | 0 | 100% | | | |")
+        lines.append(f"| source | BF16 | | {figures.ppl(src['ppl_source'])} | 1 | 0 | 100% | | | |")
     for a in report["artifacts"]:
         gates = ", ".join(f"{k} {v}" for k, v in a["gates"].items() if v is not None) or "none"
         pub = a["published"]["url"] if a.get("published") else (a["publish_target"]["repo"] + " (not yet)" if a["publish_target"] else "")
@@ -246,10 +259,11 @@ def report_markdown(report: dict) -> str:
         for r in rows:
             name = Path(r["artifact"]).name if r and Path(r["artifact"]).name != a["name"] else a["name"]
             size = output.human_bytes(r["size_bytes"]) if r else (output.human_bytes(a["size_bytes"]) if a["size_bytes"] else "")
-            figures = (f"{r['ppl_quant']:.3f} | {r['ppl_ratio']:.4f} | {r['kld_mean']:.5f} | {100 * r['top1_agreement']:.2f}%"
-                       if r else "| | |")
+            c = figures.cells(r) if r else {}
+            shown = (" | ".join(c[k] for k in ("PPL quantized", "PPL ratio", "KLD mean", "top-1 agreement"))
+                     if r else "| | |")
             status = a["status"] + ("; " + "; ".join(a["gate_failures"]) if a["gate_failures"] else "")
-            lines.append(f"| {name} | {a['format']} | {size} | {figures} | {gates} | {status} | {pub} |")
+            lines.append(f"| {name} | {a['format']} | {size} | {shown} | {gates} | {status} | {pub} |")
     if src:
         lines += ["", f"PPL and KLD on the same {src['tokens_scored']:,} scored tokens per model (ctx {src['ctx']}); "
                       f"chart: {REPORT_PNG}."]

@@ -8,15 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantkit import formats
+from quantkit.arch import ARCHITECTURES
 from quantkit.errors import SourceError
+from quantkit.hub_ids import looks_like_repo_id
 from quantkit.stio import FLOAT_DTYPES, Header, read_header
-
-# Architectures quantkit converts, and the family name used in tables and cards.
-SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
 
 # Files carried from the source into every artifact (when present).
 CARRIED_FILES = (
@@ -32,7 +27,6 @@ CARRIED_FILES = (
     "generation_config.json",
 )
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN_PREFIX = "builtin:"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt", "README.md"]
 
@@ -76,7 +70,7 @@ def resolve(spec: str, allow_pickle: bool = False) -> Source:
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+            if looks_like_repo_id(spec) and not spec.startswith((".", "/", "~")):
                 path, hub_id = _download(spec), spec
             else:
                 raise SourceError(f"{spec}: no such folder; pass a local checkpoint folder or a Hub id like org/name")
@@ -137,10 +131,10 @@ def _read_config(path: Path) -> dict:
         raise SourceError(f"{cfg_path}: \"architectures\" must be a list of names, like [\"LlamaForCausalLM\"]; fix or re-download it")
     if not archs:
         raise SourceError(f"{cfg_path} names no architecture; add \"architectures\": [\"LlamaForCausalLM\"] or re-save the model")
-    if archs[0] not in SUPPORTED_ARCHITECTURES:
+    if archs[0] not in ARCHITECTURES:
         raise SourceError(
             f"architecture {archs[0]} is not supported yet; quantkit converts "
-            + ", ".join(SUPPORTED_ARCHITECTURES)
+            + ", ".join(ARCHITECTURES)
         )
     qc = config.get("quantization_config")
     if qc:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from quantkit import output
+from quantkit import manifest as manifests
 from quantkit.stio import StreamWriter
 
 
@@ -96,7 +97,7 @@ def test_force_replaces_an_earlier_artifact(cli, tiny, tiny_artifact, tmp_path):
     r = cli("fp8", tiny, "-o", out, "--force", "--json")
     assert r.code == 0, r.err
     assert not (out / "stale.txt").exists()
-    assert output.changed_files(out, output.read_manifest(out)) == []
+    assert output.changed_files(out, manifests.read_dict(out)) == []
     assert leftovers(tmp_path) == []
 
 
@@ -137,14 +138,14 @@ def test_second_run_into_same_output_is_refused(cli, wide_model, tiny, tmp_path)
     assert_one_line_error(r, "another quantkit run", str(first.pid))
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    m = output.read_manifest(out)
+    m = manifests.read_dict(out)
     assert m["backend"] == "fp8" and output.changed_files(out, m) == []
     assert leftovers(tmp_path) == []
 
 
 def test_output_that_appears_meanwhile_is_not_replaced(cli, tiny, tmp_path, monkeypatch):
     """Something outside quantkit writes the output folder while the run works: the final rename refuses it."""
-    import quantkit.backends.fp8 as fp8
+    import quantkit.backends.fp8.stream as fp8
 
     out = tmp_path / "out"
     real = fp8.quantize_rows
@@ -217,7 +218,7 @@ def test_output_below_a_file(cli, tiny, tmp_path):
 
 
 def test_failed_run_removes_parents_it_created(cli, tiny, tmp_path, monkeypatch):
-    import quantkit.backends.fp8 as fp8
+    import quantkit.backends.fp8.stream as fp8
 
     def boom(w):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -364,7 +365,7 @@ def test_moved_aside_artifact_removed_once_new_one_is_in_place(cli, tiny, tiny_a
 
 
 def _complete(folder: Path) -> bool:
-    m = output.read_manifest(folder)
+    m = manifests.read_dict(folder)
     return m is not None and output.changed_files(folder, m) == []
 
 
@@ -439,7 +440,7 @@ def test_symlink_at_the_lock_is_refused_not_followed(cli, tiny, tmp_path):
 
 
 def test_dotdot_in_output_never_removes_an_existing_folder(cli, tiny, tmp_path, monkeypatch):
-    import quantkit.backends.fp8 as fp8
+    import quantkit.backends.fp8.stream as fp8
 
     (tmp_path / "b").mkdir()  # the user's empty folder
     monkeypatch.setattr(fp8, "quantize_rows", lambda w: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")))
@@ -448,12 +449,12 @@ def test_dotdot_in_output_never_removes_an_existing_folder(cli, tiny, tmp_path, 
 
 
 def test_verify_does_not_record_into_an_artifact_rebuilt_meanwhile(tiny, tiny_artifact, tmp_path):
-    from quantkit import verify as v
+    from quantkit import scoring as v
 
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact, art)
     results = v.verify([art], tiny, None, 128, 2048)
-    m = output.read_manifest(art)
+    m = manifests.read_dict(art)
     m["created"] = "2099-01-01T00:00:00Z"  # what a --force rebuild during scoring would leave
     output.write_json(art / "quantkit.json", m)
     before = tree(art)

@@ -72,6 +72,16 @@ def test_run_output_that_cannot_be_created_is_one_line(cli, tmp_path, tiny):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "r.yaml"]
 
 
+def test_option_wrong_for_the_source_names_the_recipe_field_and_line(cli, tmp_path, tiny):
+    """A backend's OptionError (bpw outside the tiny model's 2.48..8.14) is named as the recipe field, at its line."""
+    text = (f"recipe: 1\nname: rel\nsource: {tiny}\nartifacts:\n  - format: exl2\n    verify: false\n"
+            "    options:\n      bpw: 2.2\n")
+    r = cli("run", write(tmp_path, text), "-o", tmp_path / "rel", "--json", cwd=tmp_path)  # --json: no progress lines
+    assert_one_line_error(r, "r.yaml:8: artifacts[0].options.bpw: 2.2: ", "bits per weight")
+    assert "--bpw" not in r.err
+    assert not (tmp_path / "rel" / "tiny-llama-exl2-2.2bpw-h6").exists()
+
+
 # --- 3. credentials in HF_ENDPOINT are never shown ---------------------------------------------------
 CREDENTIALED = "http://user:secret@127.0.0.1:9"  # nothing listens there
 

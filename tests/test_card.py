@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from quantkit import card, fixtures, output
-from quantkit.vram import estimate
+from quantkit.memory import estimate
 
 SOURCE_CARD = """---
 license: mit
@@ -58,7 +58,7 @@ def test_fp8_card_metadata_verify_vram_and_provenance(cli, tiny, tmp_path):
     for cell in verify_cells(m["verify"]):
         assert f"| {cell}" in text, cell
     assert m["verify"]["text"] in text
-    # vram table: quantkit.vram's figures for this folder at the model's only context (2048)
+    # vram table: quantkit.memory's figures for this folder at the model's only context (2048)
     est = estimate(str(out), "fp8", [2048])
     row = est.contexts[0]
     assert (f"| 2,048 | {output.human_bytes(row['weights_bytes'])} | {output.human_bytes(row['kv_cache_bytes'])} "
@@ -212,7 +212,7 @@ def test_render_deterministic_recipe_and_other_formats(cli, tiny, tmp_path):
     odd = {**m, "produced_by": {"command": "quantkit fp8 'a```b'"}}
     assert "````bash\nquantkit fp8 'a```b'\n````" in card.render(out, odd)
     # the AutoGPTQ layout: vLLM without --quantization gptq, transformers through gptqmodel, int4 memory
-    legacy = {**m, "method": "gptq", "format": "gptq (AutoGPTQ layout)",
+    legacy = {**m, "backend": "gptq", "method": "gptq", "format": "gptq (AutoGPTQ layout)",
               "parameters": {"bits": 4, "group_size": 128, "symmetric": True, "layout": "gptq"}}
     text = card.render(out, legacy, "acme/x")
     assert "vllm serve acme/x\n" in text and "forces" in text and "pip install transformers accelerate optimum gptqmodel" in text
@@ -220,7 +220,7 @@ def test_render_deterministic_recipe_and_other_formats(cli, tiny, tmp_path):
     assert f"| 2,048 | {output.human_bytes(w)} |" in text
     assert ModelCard(text).data.library_name == "transformers" and "compressed-tensors" not in ModelCard(text).data.tags
     # EXL2: exllamav2's own classes on the repo's folder, and plainly not checked in exllamav2
-    exl2 = {**m, "method": "exl2", "format": "exl2 (exllamav2 0.3.2 layout)",
+    exl2 = {**m, "backend": "exl2", "method": "exl2", "format": "exl2 (exllamav2 0.3.2 layout)",
             "parameters": {"bits": 4.0, "head_bits": 6, "bpw_achieved": 3.99}}
     text = card.render(out, exl2, "acme/x-exl2")
     for name in ("ExLlamaV2Config(\"x\")", "ExLlamaV2Cache(model, max_seq_len=2048", "ExLlamaV2Tokenizer(config)",
@@ -232,3 +232,50 @@ def test_render_deterministic_recipe_and_other_formats(cli, tiny, tmp_path):
     # figures of an unknown shape do not break the card
     broken = {**m, "verify": {"ppl_source": "n/a"}}
     assert "not in a form this quantkit reads" in card.render(out, broken)
+
+
+def test_card_asks_the_backend_and_names_no_format(tmp_path):
+    """Format facts live in each backend's describe.py; the card only asks for them."""
+    card_dir = Path(card.__file__).parent
+    for path in card_dir.glob("*.py"):
+        src = path.read_text()
+        for method in ('"gguf"', '"exl2"', '"fp8-dynamic"', '"gptq"', '"awq"'):
+            assert method not in src, (path.name, method)
+    # a manifest no backend wrote: the manifest's own format name, no runtimes, no memory model
+    (tmp_path / "config.json").write_text("{}")
+    text = card.render(tmp_path, {"method": "mystery", "format": "mystery format", "parameters": {}})
+    assert "mystery format quantization of" in text and "quantkit has no run instructions for this format." in text
+    assert "no memory model for mystery" in text
+    assert ModelCard(text).data.tags == ["quantkit"] and ModelCard(text).data.library_name is None
+
+
+def test_gguf_description_verify_targets_and_snippet_rows(tmp_path):
+    from quantkit.backends.registry import for_manifest
+
+    m = {"method": "gguf", "files": {"m-Q4_0.gguf": {"bytes": 2048}, "m-Q4_0.Modelfile": {"bytes": 10},
+                                     "m-Q8_0.gguf": {"bytes": 4096}},
+         "parameters": {"files": {"m-Q4_0.gguf": {"file_type": "Q4_0"}, "m-Q8_0.gguf": {"file_type": "Q8_0"}},
+                        "imatrix": {"chunks": 4}}}
+    gguf = for_manifest(m)
+    assert gguf.verify_targets(tmp_path, m) == [tmp_path / "m-Q4_0.gguf", tmp_path / "m-Q8_0.gguf"]
+    rows = gguf.snippet_rows(m)
+    assert [(r["file"], r["tag"], r["modelfile"]) for r in rows] == [("m-Q4_0.gguf", "Q4_0", "m-Q4_0.Modelfile"),
+                                                                   ("m-Q8_0.gguf", "Q8_0", "")]
+    facts = gguf.card(m)
+    assert "imatrix" in facts.tags and "importance matrix from 4 chunks" in facts.summary
+    steps = gguf.snippet_values(tmp_path, m, "acme/m", "m")["modelfile_steps"]
+    assert "ollama create m-q4_0 -f m-Q4_0.Modelfile" in steps
+    # every other format scores the folder itself
+    assert for_manifest({"method": "fp8-dynamic"}).verify_targets(tmp_path, {}) == [tmp_path]
+
+
+def test_description_modules_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from quantkit.backends.registry import REGISTRY\n"
+            "import quantkit.card, quantkit.memory\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -305,9 +305,9 @@ def test_smollm2_4bpw_beats_round_to_nearest_4bit_on_kld(smollm2, smol_exl2, cli
     assert abs(sum(v for k, v in bits.items() if k != "lm_head") / _decoder_numel(smollm2) - 4.0) <= 0.05
     src = resolve(str(smollm2))
     rtn = RTN(symmetric=True)
-    rtn.check(src)
+    plan = rtn.check(src)
     (tmp_path / "rtn").mkdir()
-    rtn.run(src, tmp_path / "rtn", lambda n: None)
+    rtn.run(plan, tmp_path / "rtn", lambda n: None)
     v = cli("verify", lo, tmp_path / "rtn", "--source", smollm2, "--tokens", "4096", "--json", "--no-record",
             "--chart", tmp_path / "c.png")
     assert v.code == 0, v.err

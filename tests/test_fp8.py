@@ -98,7 +98,7 @@ def test_smollm2_equals_llmcompressor_and_reports_perplexity(cli, smollm2, tmp_p
 def test_tensor_selection_matches_compressed_tensors(smollm2, tiny):
     from compressed_tensors.utils import match_quantizable_tensors
 
-    from quantkit.backends.fp8 import IGNORE, quantized_names
+    from quantkit.backends.fp8.stream import IGNORE, quantized_names
     from quantkit.stio import read_header
 
     extra = ["model.norm.weight", "model.layers.0.self_attn.q_proj.bias", "model.layers.0.q_norm.weight",

@@ -67,7 +67,7 @@ def tiny_gguf(tmp_path_factory, tiny):
     from quantkit.pipeline import convert
 
     out = tmp_path_factory.mktemp("gguf") / "tiny-GGUF"
-    folder, manifest = convert("gguf", str(tiny), out, show_progress=False, options={"types": ",".join(ALL_TYPES)})
+    folder, manifest = convert("gguf", str(tiny), out, show_progress=False, options={"type": ",".join(ALL_TYPES)})
     return folder, manifest
 
 
@@ -194,7 +194,7 @@ def tensor_bytes(path) -> int:
 
 def test_vram_predicts_gguf_sizes(tiny_gguf, tiny):
     """vram's GGUF weights (from config.json alone) equal the tensor bytes llama.cpp loads from each file."""
-    from quantkit.vram import weight_bytes
+    from quantkit.memory import weight_bytes
 
     folder, _ = tiny_gguf
     cfg = json.loads((tiny / "config.json").read_text())
@@ -211,7 +211,7 @@ def test_imatrix_quantization_matches_llamacpp(tiny, tmp_path):
     from quantkit.pipeline import convert
 
     folder, manifest = convert("gguf", str(tiny), tmp_path / "im", show_progress=False,
-                               options={"types": "BF16,Q4_K_M,Q3_K_S,Q4_0,Q2_K,Q4_1,Q5_K_S,Q6_K", "imatrix": True,
+                               options={"type": "BF16,Q4_K_M,Q3_K_S,Q4_0,Q2_K,Q4_1,Q5_K_S,Q6_K", "imatrix": True,
                                         "imatrix_chunks": 4})
     imx = im.load(folder / "imatrix.gguf")
     for typ in ("Q4_K_M", "Q3_K_S", "Q4_0", "Q2_K", "Q4_1", "Q5_K_S", "Q6_K"):
@@ -257,7 +257,7 @@ def smol_gguf(tmp_path_factory, smollm2):
     from quantkit.pipeline import convert
 
     out = tmp_path_factory.mktemp("smolgguf") / "smol-GGUF"
-    folder, _ = convert("gguf", str(smollm2), out, show_progress=False, options={"types": ",".join(SMOL_TYPES)})
+    folder, _ = convert("gguf", str(smollm2), out, show_progress=False, options={"type": ",".join(SMOL_TYPES)})
     return folder
 
 
@@ -316,7 +316,7 @@ def test_smollm2_q4_k_m_ppl_equals_llamacpp_own(cli, smol_gguf, smollm2, tmp_pat
 
 @pytest.mark.slow
 def test_smollm2_vram_within_one_percent(smol_gguf, smollm2):
-    from quantkit.vram import weight_bytes
+    from quantkit.memory import weight_bytes
 
     cfg = json.loads((smollm2 / "config.json").read_text())
     for t in SMOL_TYPES:
@@ -334,7 +334,7 @@ def test_type_mixes_match_llamacpp_on_other_shapes(tiny, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from quantkit.pipeline import convert
-    from quantkit.vram import weight_bytes
+    from quantkit.memory import weight_bytes
 
     src = tmp_path / "gqa4"
     torch.manual_seed(1)
@@ -343,7 +343,7 @@ def test_type_mixes_match_llamacpp_on_other_shapes(tiny, tmp_path):
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(src)
     for name in ("tokenizer.model", "tokenizer_config.json"):
         shutil.copy(tiny / name, src / name)
-    folder, _ = convert("gguf", str(src), tmp_path / "out", show_progress=False, options={"types": "F16"})
+    folder, _ = convert("gguf", str(src), tmp_path / "out", show_progress=False, options={"type": "F16"})
     f16 = folder / "gqa4-F16.gguf"
     shapes = {t.name: tuple(int(x) for x in reversed(t.shape.tolist())) for t in gguf.GGUFReader(str(f16)).tensors}
     config = json.loads((src / "config.json").read_text())
@@ -363,7 +363,7 @@ def test_rows_straddling_read_chunks(tiny_gguf, tiny, tmp_path, monkeypatch):
     from quantkit.pipeline import convert
 
     monkeypatch.setattr(stio, "CHUNK", 1000)  # 1000 bytes: no row of the tiny model fits evenly
-    folder, _ = convert("gguf", str(tiny), tmp_path / "small-chunks", show_progress=False, options={"types": "BF16,Q4_K_M"})
+    folder, _ = convert("gguf", str(tiny), tmp_path / "small-chunks", show_progress=False, options={"type": "BF16,Q4_K_M"})
     for t in ("BF16", "Q4_K_M"):
         name = f"tiny-llama-{t}.gguf"
         assert (folder / name).read_bytes() == (tiny_gguf[0] / name).read_bytes(), t

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantkit.backends.gguf import imatrix, llamacpp
+from quantkit.backends.gguf import imatrix, llamacpp, vocab
 from quantkit.errors import InputError
 from quantkit.text import default_text
 
@@ -37,7 +37,8 @@ def text_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_imx(tiny, text_file):
     done = []
-    imx = imatrix.compute(tiny, str(text_file), CHUNKS, ctx=CTX, progress=done.append, process_output=True)
+    imx = imatrix.compute(tiny, imatrix.Calibration.load(str(text_file)), CHUNKS, ctx=CTX, progress=done.append,
+                          process_output=True)
     assert sum(done) == CHUNKS
     return imx
 
@@ -135,7 +136,7 @@ def test_sums_match_an_independent_forward(tiny, text_file, tiny_imx):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny)
-    add_bos, bos = imatrix.add_bos_for(tiny, tok)
+    add_bos, bos = vocab.add_bos(tiny, json.loads((tiny / "config.json").read_text())["vocab_size"])
     assert add_bos and bos == tok.bos_token_id  # sentencepiece Llama: BOS per chunk
     ids = tok(text_file.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
     wins = torch.tensor([bos] + ids[: CHUNKS * CTX - 1]).view(CHUNKS, CTX)
@@ -159,7 +160,7 @@ def test_sums_match_an_independent_forward(tiny, text_file, tiny_imx):
 
 
 def test_output_weight_only_when_asked(tiny, text_file):
-    imx = imatrix.compute(tiny, str(text_file), 2, ctx=32)
+    imx = imatrix.compute(tiny, imatrix.Calibration.load(str(text_file)), 2, ctx=32)
     assert "output.weight" not in imx and "blk.0.attn_q.weight" in imx
     assert imx.weights("token_embd.weight") is None and imx.weights("output.weight") is None
     assert imx.entries["blk.3.ffn_down.weight"].counts.tolist() == [64]
@@ -355,11 +356,11 @@ def test_bad_files(tmp_path, tiny_imx):
 
 def test_bad_requests(tiny, text_file):
     with pytest.raises(InputError, match="at least 2 x 32768"):
-        imatrix.compute(tiny, str(text_file), 2, ctx=32768)
+        imatrix.compute(tiny, imatrix.Calibration.load(str(text_file)), 2, ctx=32768)
     with pytest.raises(InputError, match="at least 16"):
-        imatrix.compute(tiny, str(text_file), 2, ctx=8)
+        imatrix.compute(tiny, imatrix.Calibration.load(str(text_file)), 2, ctx=8)
     with pytest.raises(InputError, match="no such text file"):
-        imatrix.compute(tiny, str(text_file.parent / "nope.txt"), 2, ctx=32)
+        imatrix.Calibration.load(str(text_file.parent / "nope.txt"))
 
 
 # -- (c) inside llama.cpp -------------------------------------------------------------------
@@ -493,14 +494,14 @@ def test_matches_llamacpp_own_collection(smollm2):
     gguf_path = smollm2_gguf()
     text = default_text("calibration")
     tok = AutoTokenizer.from_pretrained(smollm2)
-    add_bos, bos = imatrix.add_bos_for(smollm2, tok)
+    add_bos, bos = vocab.add_bos(smollm2, json.loads((smollm2 / "config.json").read_text())["vocab_size"])
     theirs_tokens, their_add_bos, their_bos = _llamacpp_tokens(gguf_path, text)
     assert add_bos == their_add_bos
     ours_tokens = imatrix.tokenize(tok, text, add_bos, bos)
     agree = sum(a == b for a, b in zip(ours_tokens[: chunks * ctx], theirs_tokens[: chunks * ctx]))
     assert agree == chunks * ctx and abs(len(ours_tokens) - len(theirs_tokens)) <= len(theirs_tokens) // 1000
 
-    imx = imatrix.compute(smollm2, None, chunks, ctx=ctx)
+    imx = imatrix.compute(smollm2, imatrix.Calibration.load(None), chunks, ctx=ctx)
     wins = imatrix.windows(theirs_tokens, chunks, ctx, their_add_bos, their_bos)
     theirs = _llamacpp_imatrix(gguf_path, wins)
     assert set(theirs) == set(imx.entries)

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from quantkit.backends.gguf import chat_family as cf
 from quantkit.backends.gguf import modelfile as mf
+from quantkit.backends.gguf.go_template import go_template
+from quantkit.chat_template import read_chat_template
 
 DATA = Path(__file__).parent / "data" / "chat_templates"
 
@@ -285,9 +288,9 @@ def go_render(template: str, messages: list[dict]) -> str:
 @pytest.mark.parametrize("name,family,specials,default,accepts_system", REAL, ids=[r[0] for r in REAL])
 def test_real_template_renders_as_its_family_table(name, family, specials, default, accepts_system):
     template = (DATA / name).read_text()
-    fam = mf.FAMILY[family]
+    fam = cf.FAMILY[family]
     bos, eos = specials.get("bos_token", ""), specials.get("eos_token", "")
-    table = lambda msgs, gen=True: mf.render(fam, msgs, bos=bos, eos=eos, add_generation_prompt=gen,
+    table = lambda msgs, gen=True: cf.render(fam, msgs, bos=bos, eos=eos, add_generation_prompt=gen,
                                              default_system=default)
     if accepts_system:
         assert hf_render(template, SAMPLE, specials) == table(SAMPLE)
@@ -300,10 +303,10 @@ def test_real_template_renders_as_its_family_table(name, family, specials, defau
     # continue_final_message does.
     prefill = NO_SYSTEM[:2]
     want = hf_render(template, prefill, specials, add_generation_prompt=False, continue_final_message=True)
-    assert mf.render_for_ollama(fam, prefill, bos=bos, eos=eos, default_system=default) == want.removeprefix(bos)
+    assert cf.render_for_ollama(fam, prefill, bos=bos, eos=eos, default_system=default) == want.removeprefix(bos)
 
     # Detection picks this family, finds the same default system text, and knows whether system is checked.
-    match, candidates, why = mf.detect(template, specials)
+    match, candidates, why = cf.detect(template, specials)
     assert why is None and match is not None, (candidates, why)
     assert (match.family.name, match.default_system, match.system_checked) == (family, default, accepts_system)
 
@@ -311,9 +314,9 @@ def test_real_template_renders_as_its_family_table(name, family, specials, defau
 @pytest.mark.parametrize("name,family,specials,default,accepts_system", REAL, ids=[r[0] for r in REAL])
 def test_go_template_says_what_the_jinja_template_says(name, family, specials, default, accepts_system):
     template = (DATA / name).read_text()
-    fam = mf.FAMILY[family]
+    fam = cf.FAMILY[family]
     bos, eos = specials.get("bos_token", ""), specials.get("eos_token", "")
-    go = mf.go_template(fam, bos=bos, eos=eos, default_system=default)
+    go = go_template(fam, bos=bos, eos=eos, default_system=default)
     chats = [NO_SYSTEM, [USER1], NO_SYSTEM[:2]] + ([SAMPLE, SAMPLE[:2]] if accepts_system else [])
     for chat in chats:
         if chat[-1]["role"] == "assistant":
@@ -327,7 +330,7 @@ def test_go_template_says_what_the_jinja_template_says(name, family, specials, d
 @pytest.mark.parametrize("name,candidates,specials", UNRECOGNISED, ids=[u[0] for u in UNRECOGNISED])
 def test_unrecognised_template_gets_no_template_and_a_notice(tmp_path, name, candidates, specials):
     template = (DATA / name).read_text()
-    match, found, _ = mf.detect(template, specials)
+    match, found, _ = cf.detect(template, specials)
     assert match is None and [f.name for f in found] == candidates
     text, notices = mf.modelfile("m.gguf", source_dir(tmp_path, template, specials), {})
     cmds = parse_modelfile(text)
@@ -369,7 +372,7 @@ def test_llama31_modelfile_lines(tmp_path):
                       ("stop", "<|start_header_id|>"), ("stop", "<|end_header_id|>"), ("stop", "<|eot_id|>"),
                       ("stop", "<|end_of_text|>"), ("stop", "<|eom_id|>")]
     (template,) = [v for c, v in cmds if c == "template"]
-    assert template == mf.go_template(mf.FAMILY["llama3.1"], bos=LLAMA3["bos_token"], eos="<|eot_id|>",
+    assert template == go_template(cf.FAMILY["llama3.1"], bos=LLAMA3["bos_token"], eos="<|eot_id|>",
                                       default_system="")
     # The template names tools, so Ollama 0.30+ would prefer the GGUF's own Jinja template.
     assert any("OLLAMA_GO_TEMPLATE" in n for n in notices)
@@ -409,11 +412,11 @@ def test_chat_template_sources_in_tokenizer_config(tmp_path):
     (src / "tokenizer_config.json").write_text(json.dumps(
         {**QWEN, "chat_template": [{"name": "tool_use", "template": "{{ nope }}"},
                                    {"name": "default", "template": chatml}]}))
-    assert mf.read_chat_template(src) == chatml
+    assert read_chat_template(src) == chatml
     (src / "tokenizer_config.json").write_text(json.dumps({**QWEN, "chat_template": chatml}))
-    assert mf.read_chat_template(src) == chatml
+    assert read_chat_template(src) == chatml
     (src / "chat_template.jinja").write_text("{{ messages }}")
-    assert mf.read_chat_template(src) == "{{ messages }}"
+    assert read_chat_template(src) == "{{ messages }}"
 
 
 def test_bad_gguf_name():
@@ -427,7 +430,7 @@ def test_tiny_model_modelfile(tiny):
     cmds = parse_modelfile(text)
     assert cmds[0] == ("model", "./tiny-Q8_0.gguf")
     (template,) = [v for c, v in cmds if c == "template"]
-    assert template == mf.go_template(mf.FAMILY["chatml"], bos="<s>", eos="</s>")
+    assert template == go_template(cf.FAMILY["chatml"], bos="<s>", eos="</s>")
     assert [(c, v) for c, v in cmds if c not in ("model", "template")] == [
         ("num_ctx", "2048"), ("stop", "<|im_start|>"), ("stop", "<|im_end|>"), ("stop", "</s>")]
     tok = _tokenizer(tiny)
@@ -442,7 +445,7 @@ def test_smollm2_modelfile(smollm2):
     cmds = parse_modelfile(text)
     (template,) = [v for c, v in cmds if c == "template"]
     tok = _tokenizer(smollm2)
-    match, _, _ = mf.detect(mf.read_chat_template(smollm2), {"bos_token": tok.bos_token, "eos_token": tok.eos_token})
+    match, _, _ = cf.detect(read_chat_template(smollm2), {"bos_token": tok.bos_token, "eos_token": tok.eos_token})
     assert match.family.name == "chatml" and match.default_system  # SmolLM2 opens with a system turn of its own
     for chat in (SAMPLE, NO_SYSTEM, [USER1]):
         want = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
@@ -468,12 +471,12 @@ def test_go_text_template_agrees(tmp_path):
     chats = [SAMPLE, NO_SYSTEM, [USER1], NO_SYSTEM[:2], SAMPLE[:3],
              [SYSTEM, USER1, ASSISTANT1, {"role": "system", "content": "Be brief."}, USER2]]
     cases, want = [], []
-    for fam in mf.FAMILIES:
+    for fam in cf.FAMILIES:
         for default in ([None, "Default.", ""] if fam.system else [None]):
-            go = mf.go_template(fam, bos="<s>", eos="</s>", default_system=default)
+            go = go_template(fam, bos="<s>", eos="</s>", default_system=default)
             for chat in chats:
                 cases.append({"template": go, "messages": chat})
-                want.append(mf.render_for_ollama(fam, chat, bos="<s>", eos="</s>", default_system=default))
+                want.append(cf.render_for_ollama(fam, chat, bos="<s>", eos="</s>", default_system=default))
     env = {"GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOTOOLCHAIN": "local", "HOME": str(tmp_path),
            "GOCACHE": str(tmp_path / "cache"), "PATH": os.environ["PATH"]}
     r = subprocess.run(["go", "run", "."], cwd=tmp_path, input=json.dumps(cases), capture_output=True, text=True,

@@ -71,7 +71,7 @@ def test_three_layouts_hold_identical_weights(made, method):
 
 
 def test_inspect_counts_the_source_parameters(made, tiny):
-    from quantkit.inspect import inspect_path
+    from quantkit.inspection import inspect_path
 
     want = inspect_path(tiny)["parameters"]
     for (method, layout), folder in made.items():
@@ -102,7 +102,7 @@ def test_awq_cpu_workaround_is_needed():
     """llm-compressor's AWQ pins cached activations, which fails without CUDA; our context skips it."""
     from llmcompressor.pipelines.cache import IntermediatesCache
 
-    from quantkit.backends.int4 import awq_on_cpu
+    from quantkit.backends.int4.calibrate import awq_on_cpu
 
     assert not torch.cuda.is_available()
     cache = IntermediatesCache.from_dataloader([{"x": torch.ones(2, 2)}])
@@ -135,7 +135,7 @@ def test_group_size_fallback(cli, tiny, tmp_path):
 
 
 def test_group_size_helper():
-    from quantkit.backends.int4 import group_size_for
+    from quantkit.formats import group_size_for
 
     assert group_size_for([4096, 14336], 128) == 128  # Llama-3.1-8B
     assert group_size_for([576, 1536], 128) == 64  # SmolLM2-135M
@@ -149,7 +149,7 @@ def test_bad_int4_options(cli, tiny, tmp_path):
     r = cli("gptq", tiny, "-o", tmp_path / "x", "--format", "awq", "--act-order", "group")
     assert_one_line_error(r, "--act-order group", "llm-compressor")
     r = cli("awq", tiny, "-o", tmp_path / "x", "--format", "gptq")
-    assert_one_line_error(r, "--format gptq holds symmetric weights only")
+    assert_one_line_error(r, "--format gptq: holds symmetric weights only")
     r = cli("awq", tiny, "-o", tmp_path / "x", "--grid", "2")  # llm-compressor would divide by grid - 2
     assert_one_line_error(r, "--grid", "3")
     r = cli("gptq", tiny, "-o", tmp_path / "x", "--samples", "100000", "--seq-len", "512")
@@ -163,7 +163,7 @@ VRAM_FORMATS = {("gptq", "compressed-tensors"): "int4-g128", ("awq", "compressed
 
 
 def test_vram_prediction_matches_int4_artifacts(cli, made):
-    from quantkit.inspect import inspect_path
+    from quantkit.inspection import inspect_path
 
     for key, folder in made.items():
         real = inspect_path(folder)["weight_bytes"]
@@ -181,9 +181,8 @@ def test_calibrated_beats_round_to_nearest(cli, smollm2, tmp_path, method):
 
     src = resolve(str(smollm2))
     rtn = RTN(symmetric=method == "gptq")
-    rtn.check(src)
     (tmp_path / "rtn").mkdir()
-    rtn.run(src, tmp_path / "rtn", lambda n: None)
+    rtn.run(rtn.check(src), tmp_path / "rtn", lambda n: None)
     extra = ["--grid", "5"] if method == "awq" else []
     made_dir = tmp_path / f"{method}-ct"
     r = cli(method, smollm2, "-o", made_dir, "--samples", "16", "--seq-len", "256", "--json", *extra)

@@ -40,7 +40,7 @@ def q4_0(tmp_path_factory, tiny) -> Path:
     from quantkit.pipeline import convert
 
     folder, _ = convert("gguf", str(tiny), tmp_path_factory.mktemp("g") / "g", show_progress=False,
-                        options={"types": "Q4_0"})
+                        options={"type": "Q4_0"})
     return next(folder.glob("*.gguf"))
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import assert_one_line_error
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import quantkit.backends.fp8 as fp8
+import quantkit.backends.fp8.stream as fp8
 
 
 def visible(folder):

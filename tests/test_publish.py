@@ -12,9 +12,10 @@ import pytest
 from hubserver import FakeHub, hub  # noqa: F401  (hub is a fixture)
 
 import quantkit
-from quantkit import output, publish as pub
+from quantkit import output, upload as pub
+from quantkit import manifest as manifests
 from quantkit.errors import InputError
-from quantkit.publish import PublishError, publish
+from quantkit.upload import PublishError, publish
 
 REPO = "quantkit-test/tiny-FP8"
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,14 +258,14 @@ def test_dry_run_writes_nothing_and_needs_no_token(hub, art):
 
 
 def test_generated_card_is_rendered_for_the_repo(hub, art, card):
-    manifest = output.read_manifest(art)
+    manifest = manifests.read_dict(art)
     assert card.is_generated(art, manifest) and REPO not in (art / output.CARD).read_text()
     r = publish(art, REPO, token=hub.token)
     assert r["card"] == "rendered"
     readme = (art / output.CARD).read_bytes()
     assert REPO.encode() in readme and hub.files(REPO)[output.CARD] == readme
     assert hub.files(REPO)[output.MANIFEST] == (art / output.MANIFEST).read_bytes()
-    assert card.is_generated(art, output.read_manifest(art))
+    assert card.is_generated(art, manifests.read_dict(art))
     assert publish(art, REPO, token=hub.token)["uploaded"] == []  # rendering again changes nothing
 
 
@@ -286,7 +287,7 @@ def _env(hub: FakeHub) -> dict:
 
 def test_hf_endpoint_env_var_in_a_fresh_process(hub, art):
     """HF_ENDPOINT is read when huggingface_hub is imported: a new process proves that path."""
-    code = ("import json, sys\nfrom pathlib import Path\nfrom quantkit.publish import publish\n"
+    code = ("import json, sys\nfrom pathlib import Path\nfrom quantkit.upload import publish\n"
             "print(json.dumps(publish(Path(sys.argv[1]), sys.argv[2])))\n")
     p = subprocess.run([sys.executable, "-c", code, str(art), REPO], env=_env(hub), capture_output=True,
                        text=True, timeout=120)

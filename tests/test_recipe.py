@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
-import typer
 
 from conftest import assert_one_line_error
 from hubserver import hub  # noqa: F401  (a fixture: the local Hub endpoint)
 from quantkit import output, recipe as recipes
+from quantkit import manifest as manifests
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,25 +61,22 @@ def test_reference_recipes_cover_the_releases():
     assert all(a.publish is None for a in smol.artifacts)
 
 
-def _cli_params(command: str) -> dict:
-    from quantkit.cli import app
-
-    cmd = typer.main.get_command(app).commands[command]
-    return {p.name: p for p in cmd.params if any(o.startswith("--") for o in p.opts)}
-
-
 @pytest.mark.parametrize("fmt", list(recipes.OPTION_MODELS))
-def test_recipe_options_are_the_commands_options(fmt):
-    """Same names (option name with - as _) and same defaults as the conversion command."""
-    params = _cli_params(fmt)
-    model = recipes.OPTION_MODELS[fmt]
-    for field_name, f in model.model_fields.items():
-        key = f.alias or field_name
-        opt = next((p for p in params.values() if f"--{key.replace('_', '-')}" in p.opts), None)
-        assert opt is not None, f"{fmt}: recipe option {key} is no option of `quantkit {fmt}`"
-        assert opt.default == f.default, (fmt, key, opt.default, f.default)
-        lower = next((m.ge for m in f.metadata if hasattr(m, "ge")), None)
-        assert getattr(opt, "min", None) == lower, (fmt, key, "lower bounds differ", opt.min, lower)
+def test_help_and_recipe_schema_list_the_same_options(cli, fmt, monkeypatch):
+    """The command's --help and the recipe's JSON schema both come from the backend's options model:
+    every recipe field is a flag in the help, with its default, and the help has no other option."""
+    schema = recipes.Recipe.model_json_schema()
+    art = schema["$defs"][f"{fmt.upper()}Artifact"]
+    opts_ref = art["properties"]["options"]["$ref"].rsplit("/", 1)[-1]
+    fields = schema["$defs"][opts_ref].get("properties", {})
+    monkeypatch.setenv("COLUMNS", "250")
+    help_text = cli(fmt, "--help").out
+    listed = set(re.findall(r"(--[a-z][a-z0-9-]*)", help_text))
+    common = {"--output", "--force", "--allow-pickle", "--eval", "--eval-text", "--eval-tokens", "--json", "--help"}
+    assert listed - common == {"--" + f.replace("_", "-") for f in fields}, fmt
+    for f, spec in fields.items():
+        if spec.get("default") not in (None, False):
+            assert str(spec["default"]) in help_text, (fmt, f, spec["default"])
 
 
 BAD = [
@@ -88,6 +86,8 @@ BAD = [
      ":6:", "artifacts[0].options.grid", "greater than or equal to 3"),
     ("recipe: 1\nname: x\nsource: s\nartifacts:\n  - format: gguf\n    options: {types: Q4_K_M}\n",
      ":6:", "artifacts[0].options.types", "unknown field"),
+    ("recipe: 1\nname: x\nsource: s\nartifacts:\n  - format: exl2\n    options:\n      bpw: 4\n      head_bits: 7\n",
+     ":8:", "artifacts[0].options.head_bits", "choose one of"),
     ("recipe: 1\nname: x\nsource: s\nartifacts:\n  - format: fp9\n", ":5:", "unknown format"),
     ("recipe: 1\nname: x\nartifacts:\n  - format: fp8\n", ":1:", "source", "missing"),
     ("recipe: 1\nname: x\nsource: s\nartifacts:\n  - format: fp8\n    name: ../outside\n", ":6:", "artifacts[0].name"),
@@ -115,7 +115,7 @@ def test_check_shows_plan_without_converting(cli, tmp_path, tiny):
     r = cli("run", write(tmp_path, TINY_RECIPE.format(source=tiny)), "--check", "--json", cwd=tmp_path)
     assert r.code == 0, r.err
     assert [a["format"] for a in r.json["artifacts"]] == ["fp8", "gguf", "gptq"]
-    assert r.json["artifacts"][1]["options"]["types"] == "Q8_0,Q4_0"
+    assert r.json["artifacts"][1]["options"]["type"] == "Q8_0,Q4_0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
 
 
@@ -179,7 +179,7 @@ def test_recipe_runs_every_artifact_with_card_and_report(tiny_release):
     assert names == ["tiny-llama-FP8-Dynamic", "tiny-llama-GGUF", "tiny-gptq"]
     for a in report["artifacts"]:
         folder = rel / a["name"]
-        m = output.read_manifest(folder)
+        m = manifests.read_dict(folder)
         assert a["status"] == "built" and a["verify"] == "measured"
         assert m["produced_by"]["recipe"] == "r.yaml" and "format: gptq" in m["produced_by"]["recipe_text"]
         assert output.changed_files(folder, m) == []
@@ -188,9 +188,9 @@ def test_recipe_runs_every_artifact_with_card_and_report(tiny_release):
     gguf = report["artifacts"][1]
     assert sorted(Path(r["artifact"]).name for r in gguf["results"]) == ["tiny-llama-Q4_0.gguf", "tiny-llama-Q8_0.gguf"]
     # the report's figures are the ones recorded in each manifest
-    m = output.read_manifest(rel / "tiny-gptq")
+    m = manifests.read_dict(rel / "tiny-gptq")
     assert report["artifacts"][2]["results"][0]["kld_mean"] == m["verify"]["kld_mean"]
-    assert m["options"]["layout"] == "gptq" and m["parameters"]["layout"] == "gptq"
+    assert m["options"]["format"] == "gptq" and m["parameters"]["layout"] == "gptq"
     assert (rel / "release.png").read_bytes()[:8] == PNG_MAGIC
     md = (rel / "release.md").read_text()
     assert md.count("| tiny-") == 4  # fp8, two GGUF files, gptq
@@ -222,7 +222,7 @@ def test_crashed_release_resumes_with_the_missing_artifact(tiny_release, cli, tm
     assert r.code == 0, r.err
     assert [a["status"] for a in r.json["artifacts"]] == ["reused", "built", "reused"]
     assert not any(rel.glob(".*partial*"))
-    assert output.changed_files(rel / "tiny-llama-GGUF", output.read_manifest(rel / "tiny-llama-GGUF")) == []
+    assert output.changed_files(rel / "tiny-llama-GGUF", manifests.read_dict(rel / "tiny-llama-GGUF")) == []
 
 
 def test_changed_options_need_force(tiny_release, cli, tmp_path):
@@ -234,10 +234,10 @@ def test_changed_options_need_force(tiny_release, cli, tmp_path):
     changed = write(tmp_path, recipe.read_text().replace("samples: 4,", "samples: 5,"))
     r = cli("run", changed, "-o", rel, cwd=tmp_path)
     assert_one_line_error(r, "tiny-gptq", "other options (samples)", "--force")
-    assert output.read_manifest(rel / "tiny-gptq")["options"]["samples"] == 4
+    assert manifests.read_dict(rel / "tiny-gptq")["options"]["samples"] == 4
     r = cli("run", changed, "-o", rel, "--force", "--json", cwd=tmp_path)
     assert r.code == 0, r.err
-    assert output.read_manifest(rel / "tiny-gptq")["options"]["samples"] == 5
+    assert manifests.read_dict(rel / "tiny-gptq")["options"]["samples"] == 5
     assert [a["status"] for a in r.json["artifacts"]] == ["reused", "reused", "built"]  # only the changed one
 
 
@@ -271,7 +271,7 @@ def test_recipe_paths_are_relative_to_the_recipe(cli, tmp_path, tiny):
     elsewhere.mkdir()
     r = cli("run", write(proj, text), "--json", cwd=elsewhere)
     assert r.code == 0, r.err
-    m = output.read_manifest(elsewhere / "rel" / "model-GPTQ-INT4")
+    m = manifests.read_dict(elsewhere / "rel" / "model-GPTQ-INT4")
     assert m["source"]["path"] == str((proj / "model").resolve())
     assert "calib.txt" in m["parameters"]["calibration"]
     assert r.json["artifacts"][0]["verify"] == "off"
@@ -332,7 +332,7 @@ def test_smollm2_recipe_end_to_end(cli, tmp_path, smollm2):
     assert [a["format"] for a in report["artifacts"]] == ["fp8", "gptq", "awq", "gguf", "exl2"]
     for a in report["artifacts"]:
         folder = Path(a["folder"])
-        m = output.read_manifest(folder)
+        m = manifests.read_dict(folder)
         assert a["status"] == "built" and a["results"], a["name"]
         assert output.changed_files(folder, m) == []
         from huggingface_hub import ModelCard

@@ -182,6 +182,10 @@ def test_gguf_agrees_with_llama_cpp(cli, smollm2, tmp_path):
     assert ours["format"] == "gguf"
     assert abs(ours["ppl_quant"] / ppl_llama_cpp - 1) < 0.005, (ours["ppl_quant"], ppl_llama_cpp)
 
+    r = cli("verify", gguf, "--source", smollm2, "--tokens", "1024", "--runtime", "llamacpp", "--json", "--no-record")
+    assert r.code == 0, r.err
+    assert "llama.cpp (llama-cpp-python)" in r.json["method"] and "transformers" not in r.json["method"], r.json["method"]
+
 
 def test_bad_verify_inputs(cli, tiny, smollm2, tmp_path):
     r = cli("verify", tmp_path / "missing", "--source", tiny)
@@ -197,3 +201,24 @@ def test_bad_verify_inputs(cli, tiny, smollm2, tmp_path):
     r = cli("verify", tiny, "--source", smollm2, "--ctx", "64", "--tokens", "128")
     assert_one_line_error(r, "vocabulary of 1024", "49152")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
+
+
+def test_figures_and_gates_are_formatted_in_one_place():
+    """The strings every view shows, from a result or its JSON form; gate lines as flags or recipe fields."""
+    from quantkit import figures
+    from quantkit.manifest import VerifyResult
+
+    ev = {"artifact": "out/m-FP8", "ppl_source": 12.3456, "ppl_source_err": 0.1234, "ppl_quant": 12.5, "ppl_quant_err": 0.125,
+          "ppl_ratio": 1.01251, "kld_mean": 0.0123456, "kld_median": 0.001, "kld_p99": 0.12345, "kld_max": 1.5,
+          "top1_agreement": 0.975, "rms_delta_p": 0.01234, "tokens_scored": 4080}
+    c = figures.cells(ev)
+    assert c == figures.cells(VerifyResult.model_validate(ev))
+    assert (c["PPL source"], c["PPL ratio"], c["KLD mean / p99"], c["top-1 agreement"], c["RMS Δp"], c["tokens scored"]) == (
+        "12.346 ± 0.123", "1.0125", "0.01235 / 0.1235", "97.50%", "1.234%", "4,080")
+    assert figures.line(ev) == "PPL 12.346 -> 12.500 (ratio 1.0125), KLD 0.01235, top-1 97.50%"
+    assert "PPL source" not in figures.cells({"ppl_ratio": 1.0})  # a report row holds only some figures
+    assert figures.gate_failures([ev], 1.01, 0.01) == ["out/m-FP8: PPL ratio 1.0125 > --max-ppl-ratio 1.01",
+                                                      "out/m-FP8: mean KLD 0.0123 > --max-kld 0.01"]
+    assert figures.gate_failures([ev], 1.01, None, name=lambda r: "m-FP8", as_flags=False) == [
+        "m-FP8: PPL ratio 1.0125 > max_ppl_ratio 1.01"]
+    assert figures.gate_failures([ev], 1.02, 0.02) == []

@@ -1,6 +1,7 @@
 """quantkit vram: facts from public configs, and predictions against real artifacts."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def test_gpu_fit(cli):
 
 
 def test_fp8_prediction_matches_artifact(cli, tiny, smollm2, tmp_path):
-    from quantkit.inspect import inspect_path
+    from quantkit.inspection import inspect_path
 
     for src in (tiny, smollm2):
         out = tmp_path / src.name
@@ -78,3 +79,40 @@ def test_bad_options(cli, args, needle):
 def test_bad_model(cli, tmp_path):
     assert_one_line_error(cli("vram", tmp_path / "nope"), "no such folder")
     assert_one_line_error(cli("vram", tmp_path), "no config.json")
+
+
+@pytest.mark.parametrize("fmt,message", [
+    ("int4", "--format int4: use bf16, fp16, fp8, int4-g128[:asym|gptq|awq], exl2:BPW[:HEAD_BITS] or gguf:TYPE"),
+    ("fp8-x", "--format fp8-x: use bf16, fp16, fp8"),
+    ("bf16-x", "--format bf16-x: use bf16, fp16, fp8"),
+    ("gguf-q4_0", "--format gguf-q4_0: use bf16, fp16, fp8"),
+    ("int4-gx", "--format int4-gx: write int4-gGROUP[:sym|asym|gptq|awq], e.g. int4-g128 or int4-g128:awq"),
+    ("int4-g128:zz", "--format int4-g128:zz: write int4-gGROUP"),
+    ("exl2:4:7", "--format exl2:4:7: write exl2:BPW or exl2:BPW:HEAD_BITS with head bits 2, 3, 4, 5, 6 or 8, e.g. exl2:4.0:6"),
+    ("exl2", "--format exl2: name a bit rate (exl2:4.0 or exl2:4.0:6), or pass an EXL2 folder as MODEL"),
+    ("GGUF:q9_k", "--format GGUF:q9_k: unknown GGUF type; use one of"),
+])
+def test_format_spellings_refused(fmt, message):
+    from quantkit.errors import InputError
+    from quantkit.memory import weight_bytes
+
+    cfg = json.loads((DATA / "llama-3.1-8b-config.json").read_text())
+    with pytest.raises(InputError) as e:
+        weight_bytes(cfg, fmt)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_format_spellings_each_backend_answers():
+    """Each quantized kind is counted by the backend that claims it; spellings are case-blind."""
+    from quantkit.backends.registry import for_vram_kind
+    from quantkit.memory import split_format, weight_bytes
+
+    assert split_format("INT4-G128:AWQ") == ("int4-", "g128:awq") and split_format("exl2:4.0:6") == ("exl2", "4.0:6")
+    assert {k: for_vram_kind(k).name for k in ("fp8", "int4-", "exl2", "gguf")} == {
+        "fp8": "fp8", "int4-": "gptq", "exl2": "exl2", "gguf": "gguf"}
+    cfg = json.loads((DATA / "llama-3.1-8b-config.json").read_text())
+    bf16 = weight_bytes(cfg, "bf16")[0]
+    assert weight_bytes(cfg, "BF16:x")[0] == weight_bytes(cfg, "fp16")[0] == bf16
+    sizes = [weight_bytes(cfg, f)[0] for f in ("fp8", "int4-g128:gptq", "int4-g128", "exl2:4.0", "gguf:Q4_K_M")]
+    assert all(0.2 * bf16 < s < 0.6 * bf16 for s in sizes), sizes
+    assert weight_bytes(cfg, "int4-g128:")[0] == weight_bytes(cfg, "int4-g128:sym")[0]

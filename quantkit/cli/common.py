@@ -21,7 +21,6 @@ Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output f
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Read pickle (.bin) weights; only for sources you trust.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables; no progress bar.")]
-Calibration = Annotated[Optional[str], typer.Option("--calibration", help="Calibration text: a file, or a dataset (path:config:split[:column]) [default: built-in text].")]
 
 
 def notice(msg: str) -> None:

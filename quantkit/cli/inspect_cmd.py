@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
         json_: Json = False,
     ) -> None:
         """Format, architecture, parameter count, bytes per dtype, and the quantkit manifest when present."""
-        from quantkit.inspect import inspect_path
+        from quantkit import figures
+        from quantkit.inspection import inspect_path
 
         info = inspect_path(path)
         if json_:
@@ -34,6 +35,5 @@ def register(app: typer.Typer) -> None:
                     ("files", str(len(m.get("files", {}))))]
             ev = m.get("verify")
             if ev:
-                rows.append(("verify", f"PPL {ev['ppl_source']:.3f} -> {ev['ppl_quant']:.3f} (ratio {ev['ppl_ratio']:.4f}), "
-                                       f"KLD {ev['kld_mean']:.5f}, top-1 {100 * ev['top1_agreement']:.2f}%"))
+                rows.append(("verify", figures.line(ev)))
             stdout.print(kv_table("manifest (quantkit.json)", rows))

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         The token comes from HF_TOKEN or `hf auth login` and is never printed or written. Files are
         checked against the sha256 in quantkit.json first; a changed artifact is refused.
         """
-        from quantkit.publish import publish as do_publish
+        from quantkit.upload import publish as do_publish
 
         result = do_publish(folder, repo, private=private, revision=revision, dry_run=dry_run,
                             commit_message=message, show_progress=not json_, notice=notice)
@@ -62,9 +62,9 @@ def register(app: typer.Typer) -> None:
         Artifacts already complete with a matching quantkit.json are reused, so a crashed release resumes.
         Writes release.json, release.md and release.png (size against PPL ratio and KLD) into the release folder.
         """
-        from quantkit import recipe as recipes, release
+        from quantkit import recipe as recipes
 
-        if check:
+        if check:  # the recipe alone: no backend, pipeline or torch import
             spec, _ = recipes.load(recipe)
             plan = [{"format": a.format, "name": a.name, "options": a.backend_options(), "verify": a.verify,
                      "publish": a.publish.repo if a.publish else None} for a in spec.artifacts]
@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
                                       [(f"{i + 1}. {p['format']}", ", ".join(f"{k}={v}" for k, v in p["options"].items() if v is not None) or "defaults")
                                        for i, p in enumerate(plan)]))
             return
+        from quantkit import release
+
         say = (lambda m: None) if json_ else (lambda m: stderr.print(f"[bold]quantkit run:[/] {m}", highlight=False))
         try:
             report = release.run(recipe, output, force=force, publish=publish, org=org, allow_pickle=allow_pickle,
@@ -96,6 +98,8 @@ def register(app: typer.Typer) -> None:
 def show_report(report: dict) -> None:
     from rich.table import Table
 
+    from quantkit import figures
+
     t = Table(title=f"release {report['name']}: {report['status']}", title_justify="left")
     for col in ("artifact", "format", "size", "PPL ratio", "KLD mean", "top-1", "status", "published"):
         t.add_column(col, justify="right" if col in ("size", "PPL ratio", "KLD mean", "top-1") else "left", overflow="fold")
@@ -103,7 +107,8 @@ def show_report(report: dict) -> None:
         for r in a["results"] or [None]:
             name = Path(r["artifact"]).name if r else a["name"]
             size = human_bytes(r["size_bytes"]) if r else (human_bytes(a["size_bytes"]) if a["size_bytes"] else "")
-            figs = (f"{r['ppl_ratio']:.4f}", f"{r['kld_mean']:.5f}", f"{100 * r['top1_agreement']:.2f}%") if r else ("", "", "")
+            c = figures.cells(r) if r else {}
+            figs = tuple(c.get(k, "") for k in ("PPL ratio", "KLD mean", "top-1 agreement"))
             pub = a["published"]["url"] if a.get("published") else ""
             t.add_row(name, a["format"], size, *figs, a["status"], pub)
     stdout.print(t)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from quantkit.cli.common import AllowPickle, Json, emit_json, human_bytes, kv_table, notice, stdout
+
+if TYPE_CHECKING:
+    from quantkit.manifest import VerifyResult
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +33,7 @@ def register(app: typer.Typer) -> None:
         json_: Json = False,
     ) -> None:
         """Perplexity of source and artifacts on the same token windows, KL divergence, top-token agreement; a CI gate."""
-        from quantkit import output, verify as v
+        from quantkit import output, scoring as v
 
         v.check_gate_values(max_ppl_ratio, max_kld)
         if chart is None and len(artifacts) > 1:
@@ -42,7 +45,8 @@ def register(app: typer.Typer) -> None:
         if chart is not None:
             v.chart(results, chart)
         if json_:
-            emit_json(results[0] if len(results) == 1 else results)
+            shown = [r.to_dict() for r in results]
+            emit_json(shown[0] if len(shown) == 1 else shown)
         else:
             show_results(results, chart)
         if record:  # after the figures are shown: an artifact that cannot be written does not lose them
@@ -64,7 +68,7 @@ def register(app: typer.Typer) -> None:
         json_: Json = False,
     ) -> None:
         """Memory for weights plus KV cache at each context, from config.json alone (no weights needed)."""
-        from quantkit.vram import OVERHEAD_ASSUMPTION, estimate, parse_bytes, parse_contexts
+        from quantkit.memory import OVERHEAD_ASSUMPTION, estimate, parse_bytes, parse_contexts
 
         contexts = parse_contexts(context)
         est = estimate(model, format_, contexts, batch, kv_dtype, parse_bytes(gpu) if gpu else None)
@@ -94,34 +98,31 @@ def register(app: typer.Typer) -> None:
         stdout.print(kv_table("how it is counted", notes))
 
 
-def show_results(results: list[dict], chart: Path | None) -> None:
+def show_results(results: list[VerifyResult], chart: Path | None) -> None:
     from rich.table import Table
+
+    from quantkit import figures
 
     first = results[0]
     t = Table(title="quantkit verify", title_justify="left")
     t.add_column("")
     t.add_column("source", justify="right")
     for r in results:
-        t.add_column(Path(r["artifact"]).name, justify="right", overflow="fold")
-    rows = [
-        ("format", "", lambda r: r["format"]),
-        ("size", "", lambda r: human_bytes(r["size_bytes"])),
-        ("PPL", f"{first['ppl_source']:.3f} ± {first['ppl_source_err']:.3f}", lambda r: f"{r['ppl_quant']:.3f} ± {r['ppl_quant_err']:.3f}"),
-        ("PPL ratio", "1", lambda r: f"{r['ppl_ratio']:.4f}"),
-        ("KLD mean", "0", lambda r: f"{r['kld_mean']:.5f}"),
-        ("KLD median", "0", lambda r: f"{r['kld_median']:.5f}"),
-        ("KLD p99", "0", lambda r: f"{r['kld_p99']:.4f}"),
-        ("KLD max", "0", lambda r: f"{r['kld_max']:.3f}"),
-        ("top-1 agreement", "100%", lambda r: f"{100 * r['top1_agreement']:.2f}%"),
-        ("RMS Δp", "0", lambda r: f"{100 * r['rms_delta_p']:.3f}%"),
-    ]
-    for label, src, cell in rows:
-        t.add_row(label, src, *(cell(r) for r in results))
+        t.add_column(Path(r.artifact).name, justify="right", overflow="fold")
+    cells = [figures.cells(r) for r in results]
+    rows = [("format", "", [r.format for r in results]),
+            ("size", "", [human_bytes(r.size_bytes) for r in results]),
+            ("PPL", cells[0]["PPL source"], [c["PPL quantized"] for c in cells])]
+    rows += [(label, src, [c[label] for c in cells]) for label, src in (
+        ("PPL ratio", "1"), ("KLD mean", "0"), ("KLD median", "0"), ("KLD p99", "0"), ("KLD max", "0"),
+        ("top-1 agreement", "100%"), ("RMS Δp", "0"))]
+    for label, src, row in rows:
+        t.add_row(label, src, *row)
     stdout.print(t)
-    notes = [("source", first["source"]), ("text", first["text"]),
-             ("windows", f"{first['windows']} of {first['ctx']} tokens, {first['tokens_scored']:,} tokens scored per model"),
-             ("method", first["method"])]
-    notes += [(f"activations: {Path(r['artifact']).name}", r["activations"]) for r in results]
+    notes = [("source", first.source), ("text", first.text),
+             ("windows", f"{first.windows} of {first.ctx} tokens, {first.tokens_scored:,} tokens scored per model"),
+             ("method", first.method)]
+    notes += [(f"activations: {Path(r.artifact).name}", r.activations) for r in results]
     if chart is not None:
         notes.append(("chart", str(chart)))
     stdout.print(kv_table("how it was measured", notes))

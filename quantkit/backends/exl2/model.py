@@ -119,3 +119,8 @@ def swapped_weights(mods: dict[str, nn.Linear], weights: dict[str, torch.Tensor]
     finally:
         for n, w in saved.items():
             mods[n].weight.data = w
+
+
+def device() -> torch.device:
+    """CUDA when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
-import torch
 
+from quantkit.arch import ARCHITECTURES, Dims, rope
 from quantkit.errors import SourceError
 
-# HF architecture -> (GGUF architecture, q/k rows permuted into llama.cpp's rotary layout).
-ARCHITECTURES = {
-    "LlamaForCausalLM": (gguf.MODEL_ARCH.LLAMA, True),
-    "MistralForCausalLM": (gguf.MODEL_ARCH.LLAMA, True),
-    "Qwen2ForCausalLM": (gguf.MODEL_ARCH.QWEN2, False),
-}
+if TYPE_CHECKING:
+    import torch
+
 # HF tensors llama.cpp has no use for.
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq",)
 ROPE_FREQS = "rope_freqs.weight"
@@ -28,15 +26,11 @@ ROPE_FREQS = "rope_freqs.weight"
 
 @dataclass(frozen=True)
 class Hparams:
+    """A config as the GGUF writer sees it: llama.cpp's architecture and the model's dimensions."""
+
     arch: gguf.MODEL_ARCH
-    permute_qk: bool
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    hidden: int
-    vocab: int
-    tied: bool
+    permute_qk: bool  # q/k rows permuted into llama.cpp's rotary layout
+    dims: Dims
 
     @property
     def arch_name(self) -> str:
@@ -45,35 +39,17 @@ class Hparams:
 
 def hparams(config: dict) -> Hparams:
     arch_name = config["architectures"][0]
-    if arch_name not in ARCHITECTURES:
+    a = ARCHITECTURES.get(arch_name)
+    if a is None:
         raise SourceError(f"GGUF conversion does not support {arch_name} yet; supported: {', '.join(ARCHITECTURES)}")
-    arch, permute = ARCHITECTURES[arch_name]
-    n_head = config["num_attention_heads"]
-    return Hparams(
-        arch=arch, permute_qk=permute, n_layer=config["num_hidden_layers"], n_head=n_head,
-        n_head_kv=config.get("num_key_value_heads") or n_head,
-        head_dim=config.get("head_dim") or config["hidden_size"] // n_head,
-        hidden=config["hidden_size"], vocab=config["vocab_size"],
-        tied=bool(config.get("tie_word_embeddings", False)),
-    )
-
-
-def rope(config: dict) -> tuple[float, dict]:
-    """(rope_theta, scaling parameters or {}) from transformers 4 (`rope_theta`, `rope_scaling`)
-    or transformers 5 (`rope_parameters`) configs."""
-    params = dict(config.get("rope_parameters") or {})
-    scaling = dict(config.get("rope_scaling") or {})
-    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
-    merged = {**scaling, **params}
-    kind = merged.get("rope_type", merged.get("type", "default"))
-    return float(theta), ({} if kind in (None, "default") else {**merged, "rope_type": kind})
+    by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
+    return Hparams(arch=by_name[a.gguf_arch], permute_qk=a.permute_qk, dims=Dims.from_config(config))
 
 
 def llama3_rope_factors(config: dict) -> np.ndarray:
     """The per-frequency factors llama.cpp reads from `rope_freqs.weight` for llama3 rope scaling."""
     theta, s = rope(config)
-    hp = hparams(config)
-    dim = hp.head_dim
+    dim = hparams(config).dims.head_dim
     factor = s.get("factor", 8.0)
     low, high = s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
     orig = s.get("original_max_position_embeddings", 8192)
@@ -95,23 +71,23 @@ def llama3_rope_factors(config: dict) -> np.ndarray:
 def add_metadata(w: gguf.GGUFWriter, config: dict, name: str, file_type: int) -> list[str]:
     """Every general.* and <arch>.* key llama.cpp reads for this model; returns notices."""
     notices = []
-    hp = hparams(config)
+    d = hparams(config).dims
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
     w.add_file_type(int(file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_context_length(config.get("max_position_embeddings", 2048))
-    w.add_embedding_length(hp.hidden)
-    w.add_block_count(hp.n_layer)
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(hp.n_head)
-    w.add_head_count_kv(hp.n_head_kv)
+    w.add_embedding_length(d.hidden)
+    w.add_block_count(d.layers)
+    w.add_feed_forward_length(d.intermediate)
+    w.add_head_count(d.heads)
+    w.add_head_count_kv(d.kv_heads)
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
     if config.get("head_dim"):
-        w.add_key_length(hp.head_dim)
-        w.add_value_length(hp.head_dim)
-    w.add_vocab_size(hp.vocab)
-    w.add_rope_dimension_count(hp.head_dim)
+        w.add_key_length(d.head_dim)
+        w.add_value_length(d.head_dim)
+    w.add_vocab_size(d.vocab)
+    w.add_rope_dimension_count(d.head_dim)
     theta, scaling = rope(config)
     w.add_rope_freq_base(theta)
     kind = scaling.get("rope_type")
@@ -142,23 +118,24 @@ class PlannedTensor:
 def plan(config: dict, hf_names: list[str], shapes: dict[str, tuple[int, ...]]) -> list[PlannedTensor]:
     """The GGUF tensors, in the order the source delivers them (so they can be streamed)."""
     hp = hparams(config)
-    names = gguf.get_tensor_name_map(hp.arch, hp.n_layer)
+    d = hp.dims
+    names = gguf.get_tensor_name_map(hp.arch, d.layers)
     out: list[PlannedTensor] = []
     if rope(config)[1].get("rope_type") == "llama3":
-        out.append(PlannedTensor(None, ROPE_FREQS, (hp.head_dim // 2,)))
+        out.append(PlannedTensor(None, ROPE_FREQS, (d.head_dim // 2,)))
     for hf in hf_names:
         if hf.endswith(SKIPPED_SUFFIXES):
             continue
-        if hf == "lm_head.weight" and hp.tied:
+        if hf == "lm_head.weight" and d.tied:
             continue  # llama.cpp uses token_embd for the output when output.weight is absent
         gname = names.get_name(hf, try_suffixes=(".weight", ".bias"))
         if gname is None:
             raise SourceError(f"tensor {hf} has no GGUF name for {hp.arch_name}; is this a standard checkpoint?")
         heads = 0
         if hp.permute_qk and hf.endswith("q_proj.weight"):
-            heads = hp.n_head
+            heads = d.heads
         elif hp.permute_qk and hf.endswith("k_proj.weight"):
-            heads = hp.n_head_kv
+            heads = d.kv_heads
         out.append(PlannedTensor(hf, gname, tuple(shapes[hf]), heads))
     return out
 

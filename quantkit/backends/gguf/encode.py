@@ -7,11 +7,13 @@ llama.cpp's own `ggml_quantize_chunk` (tests/test_gguf_kquants*.py).
 from __future__ import annotations
 
 from functools import cache
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import gguf
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 Encoder = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
@@ -25,13 +27,16 @@ def encoders() -> dict[str, Encoder]:
 
 # Values encoded per call: bounds the encoders' temporaries (a few times this many float32s).
 CHUNK_VALUES = 1 << 20
-TORCH_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+TORCH_TYPES = ("F32", "F16", "BF16")  # written by from_torch
 
 
 def from_torch(typ: str, rows: torch.Tensor) -> np.ndarray:
     """F32/F16/BF16 straight from the source tensor's rows (no float32 detour; BF16 from a BF16
     source is its own bytes). torch rounds to nearest even, as ggml does."""
-    return rows.to(TORCH_TYPES[typ]).contiguous().view(torch.uint8).numpy().reshape(rows.shape[0], -1)
+    import torch
+
+    dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[typ]
+    return rows.to(dtype).contiguous().view(torch.uint8).numpy().reshape(rows.shape[0], -1)
 
 
 def row_bytes(typ: str, n_per_row: int) -> int:

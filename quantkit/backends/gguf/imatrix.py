@@ -25,14 +25,18 @@ matrix, or 1.0 for a matrix whose count is 0.
 """
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from quantkit.errors import InputError
+
+if TYPE_CHECKING:
+    from quantkit.backends.gguf.vocab import Bos
 
 GENERAL_TYPE = "general.type"
 KEY_DATASETS = "imatrix.datasets"
@@ -104,33 +108,20 @@ class Imatrix:
 # -- computing -----------------------------------------------------------------------------
 
 
-def add_bos_for(model_dir: Path, tokenizer=None) -> tuple[bool, int | None]:
-    """(whether llama.cpp's vocab adds BOS, the BOS id) for a checkpoint, as its GGUF would say:
-    the add_bos_token that gguf-py's SpecialVocab finds (what a converter writes), else
-    whether the Hugging Face tokenizer puts BOS first."""
-    import logging
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration text and the name the imatrix records for it (imatrix.datasets)."""
 
-    import gguf
+    text: str
+    dataset: str
 
-    log = logging.getLogger("gguf.vocab")  # notes on tokenizer.json templates, not ours to show
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        sv = gguf.SpecialVocab(Path(model_dir), load_merges=False)
-    finally:
-        log.setLevel(level)
-    bos_id = sv.special_token_ids.get("bos")
-    add = sv.add_special_token.get("bos")
-    if tokenizer is None:
-        from transformers import AutoTokenizer
+    @classmethod
+    def load(cls, spec: str | None) -> Calibration:
+        """spec: None for the built-in text, a file, or a dataset (quantkit.text.load_text)."""
+        from quantkit.text import load_text
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if bos_id is None:
-        bos_id = tokenizer.bos_token_id
-    if add is None:
-        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-        add = bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
-    return bool(add) and bos_id is not None, bos_id
+        text, described = load_text(spec, "calibration")
+        return cls(text, str(spec) if spec is not None else f"quantkit {described}")
 
 
 def tokenize(tokenizer, text: str, add_bos: bool, bos_id: int | None) -> list[int]:
@@ -192,37 +183,37 @@ def collected_positions(n_chunk: int, ctx: int, n_batch: int = N_BATCH, n_ubatch
 def _name_map(config):
     import gguf
 
+    from quantkit.arch import ARCHITECTURES
+
+    a = ARCHITECTURES.get((getattr(config, "architectures", None) or [""])[0])
     by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
-    arch = by_name.get(getattr(config, "model_type", "llama"), gguf.MODEL_ARCH.LLAMA)
-    return gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    return gguf.get_tensor_name_map(by_name[a.gguf_arch] if a else gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
 
 
-def compute(model_dir: Path, text_spec: str | None, chunks: int | None, ctx: int = 512,
+def compute(model_dir: Path, calibration: Calibration, chunks: int | None, ctx: int = 512,
             progress: Callable[[int], None] | None = None, *, process_output: bool = False,
-            add_bos: bool | None = None) -> Imatrix:
+            bos: Bos | None = None) -> Imatrix:
     """llama-imatrix's statistics for a Hugging Face checkpoint, over `chunks` chunks of `ctx`
-    tokens of the calibration text (--calibration: None for the built-in text, a file, or a
-    dataset). chunks None or negative: all the text gives. process_output: also collect
-    output.weight (llama.cpp's --process-output; never for tied embeddings, whose output
-    multiplication uses token_embd.weight, which llama.cpp does not collect). add_bos: what the
-    GGUF's tokenizer.ggml.add_bos_token says, when known; otherwise found as add_bos_for does.
+    tokens of the calibration text. chunks None or negative: all the text gives. process_output:
+    also collect output.weight (llama.cpp's --process-output; never for tied embeddings, whose
+    output multiplication uses token_embd.weight, which llama.cpp does not collect). bos: whether
+    the GGUF's vocab adds BOS, and its id (vocab.add_bos, which it is found with when not given).
     progress(n): n more chunks done."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from quantkit.backends.gguf import vocab
     from quantkit.libs import no_library_bars, quiet_transformers
-    from quantkit.text import load_text
 
     model_dir = Path(model_dir)
-    text, described = load_text(text_spec, "calibration")
     quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    found_bos, bos_id = add_bos_for(model_dir, tok)
-    if add_bos is None:
-        add_bos = found_bos
-    elif add_bos and bos_id is None:
+    if bos is None:
+        bos = vocab.add_bos(model_dir, json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    add_bos, bos_id = bos
+    if add_bos and bos_id is None:
         raise InputError(f"{model_dir}: the tokenizer has no BOS token to add")
-    wins = windows(tokenize(tok, text, add_bos, bos_id), chunks, ctx, add_bos, bos_id)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    wins = windows(tokenize(tok, calibration.text, add_bos, bos_id), chunks, ctx, add_bos, bos_id)
     keep = collected_positions(len(wins), ctx)
 
     with no_library_bars():
@@ -281,8 +272,7 @@ def compute(model_dir: Path, text_spec: str | None, chunks: int | None, ctx: int
     entries = {n: Entry(sums[n].to(torch.float32).numpy()[None, :].copy(), np.array([counts[n]], dtype=np.int64))
                for n in sorted(sums)}
     max_count = max((int(e.counts.max()) for e in entries.values()), default=0)
-    dataset = str(text_spec) if text_spec is not None else f"quantkit {described}"
-    return Imatrix(entries, datasets=[dataset], chunk_count=max_count // ctx, chunk_size=ctx)
+    return Imatrix(entries, datasets=[calibration.dataset], chunk_count=max_count // ctx, chunk_size=ctx)
 
 
 # -- files ---------------------------------------------------------------------------------

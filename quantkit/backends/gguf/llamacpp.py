@@ -27,7 +27,7 @@ import gguf
 import numpy as np
 
 from quantkit import output
-from quantkit.errors import InputError, QuantkitError
+from quantkit.errors import InputError, OptionError, QuantkitError
 
 INSTALL = "pip install 'quantkit[llamacpp]' (builds llama.cpp: about 17 minutes on 2 cores)"
 # llama.cpp refuses these without an importance matrix (src/llama-quant.cpp, tensor_requires_imatrix).
@@ -142,7 +142,7 @@ def file_type_id(name: str) -> int:
         return int(gguf.LlamaFileType["MOSTLY_" + name])
     except KeyError:
         known = sorted(t.name[len("MOSTLY_"):] for t in gguf.LlamaFileType if t.name.startswith("MOSTLY_"))
-        raise InputError(f"--type {name}: llama.cpp has no such file type; known: {', '.join(known)}") from None
+        raise OptionError("type", name, f"llama.cpp has no such file type; known: {', '.join(known)}") from None
 
 
 def check_types(types: list[str], has_imatrix: bool) -> None:
@@ -150,7 +150,7 @@ def check_types(types: list[str], has_imatrix: bool) -> None:
     for t in types:
         file_type_id(t)
         if t in NEED_IMATRIX and not has_imatrix:
-            raise InputError(f"--type {t} needs an importance matrix in llama.cpp; add --imatrix (or --imatrix-file FILE)")
+            raise OptionError("type", t, "needs an importance matrix in llama.cpp; add --imatrix (or --imatrix-file FILE)")
 
 
 def quantize(src: Path, dst: Path, file_type: str, imatrix=None) -> None:

@@ -44,14 +44,14 @@ listed ids still stop it; a notice names any listed id that would not.
 from __future__ import annotations
 
 import json
-import logging
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import gguf
 
 from quantkit.errors import InputError
+from quantkit.libs import quiet_gguf
 
 T = gguf.TokenType
 
@@ -158,10 +158,16 @@ def add_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> list
     return v.notices
 
 
-def add_bos(model_dir: Path, vocab_size: int) -> tuple[bool, int | None]:
-    """(whether llama.cpp adds BOS with the vocab add_vocab writes, that BOS id)."""
+class Bos(NamedTuple):
+    added: bool  # llama.cpp puts BOS first when it tokenizes (tokenizer.ggml.add_bos_token)
+    token_id: int | None
+
+
+def add_bos(model_dir: Path, vocab_size: int) -> Bos:
+    """Whether llama.cpp adds BOS with the vocab add_vocab writes, and that BOS id: the one answer
+    for every use (the GGUF's keys, llama-imatrix's chunks)."""
     v = _build(Path(model_dir), vocab_size)
-    return v.add_bos, v.special.get("bos")
+    return Bos(v.add_bos, v.special.get("bos"))
 
 
 # -- the vocabulary being built ----------------------------------------------------------------
@@ -455,20 +461,8 @@ def _check_unique(tokens: list[str], where: str) -> None:
         seen[t] = i
 
 
-@contextmanager
-def _quiet_gguf():
-    """SpecialVocab logs warnings about post-processor shapes it half-understands; we decide add_bos ourselves."""
-    log = logging.getLogger("gguf.vocab")
-    old = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(old)
-
-
 def _special_vocab(model_dir: Path, vocab_size: int, load_merges: bool) -> gguf.SpecialVocab:
-    with _quiet_gguf():
+    with quiet_gguf():  # it warns about post-processor shapes it half-understands; we decide add_bos ourselves
         return gguf.SpecialVocab(model_dir, load_merges=load_merges, n_vocab=vocab_size, special_token_types=SPECIAL_TYPES)
 
 

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantkit import arch
-from quantkit.arch import Dims, tensors
+from quantkit.arch import Dims, TensorSpec, tensors
 from quantkit.errors import InputError, SourceError
-from quantkit.formats import group_size_for
 
 GIB = 1024**3
 
@@ -24,92 +23,43 @@ OVERHEAD_ASSUMPTION = (
 )
 
 
-INT4_LAYOUTS = {  # layout -> bytes of one quantized Linear [out, in] at group size g, besides the 4-bit weights
-    "sym": lambda o, i, g: o * (i // g) * 2 + 16,  # compressed-tensors: BF16 scales, weight_shape
-    "asym": lambda o, i, g: o * (i // g) * 2 + o * (i // g) // 2 + 16,  # + 4-bit zero points
-    "gptq": lambda o, i, g: (i // g) * o * 2 + (i // g) * o // 2 + i * 4,  # FP16 scales, qzeros, g_idx
-    "awq": lambda o, i, g: (i // g) * o * 2 + (i // g) * o // 2,  # FP16 scales, qzeros
-}
+PLAIN_KINDS = ("bf16", "fp16")  # every tensor 2 bytes; the quantized kinds are answered by their backends
 
 
-def _int4_bytes(specs, kind: str, layout: str, fmt: str) -> tuple[int, str]:
-    layout = layout or "sym"
-    try:
-        requested = int(kind[len("int4-g"):])
-        extra = INT4_LAYOUTS[layout]
-    except (ValueError, KeyError):
-        raise InputError(f"--format {fmt}: write int4-gGROUP[:sym|asym|gptq|awq], e.g. int4-g128 or int4-g128:awq") from None
-    linears = [t for t in specs if t.role == "linear"]
-    g = group_size_for([t.shape[1] for t in linears], requested)
-    total = sum(math.prod(t.shape) * 2 for t in specs if t.role != "linear")
-    total += sum(math.prod(t.shape) // 2 + extra(t.shape[0], t.shape[1], g) for t in linears)
-    return total, (f"decoder Linear weights 4 bits, group size {g}"
-                   + (f" (the largest that divides every layer; {requested} asked)" if g != requested else "")
-                   + f", {layout} layout's scales/zeros/indices; embeddings, head, norms BF16")
+@dataclass(frozen=True)
+class Model:
+    """vram's view of a checkpoint, handed to a backend's weight_bytes."""
+
+    config: dict  # config.json (its text_config for a multimodal one)
+    tensors: list[TensorSpec]  # arch.tensors(config)
+    folder: Path | None = None  # the folder it was read from, if any
+    spec: str = ""  # the format as the user wrote it (vram's --format), for OptionError("format", spec, ...)
 
 
-def _exl2_bytes(specs, arg: str, fmt: str, folder: Path | None) -> tuple[int, str]:
-    """exl2 alone: the stored tensors of an EXL2 artifact (exllamav2 keeps them packed on the GPU);
-    exl2:BPW[:HEAD]: a prediction for converting this model."""
-    from quantkit.backends.exl2.qparams import HEAD_OPTIONS
-
-    if not arg:
-        from quantkit.backends.exl2.decode import is_exl2, tensor_files
-        from quantkit.stio import read_header
-
-        if folder is None or not is_exl2(folder):
-            raise InputError(f"--format {fmt}: name a bit rate (exl2:4.0 or exl2:4.0:6), or pass an EXL2 folder as MODEL")
-        files = sorted(set(tensor_files(folder).values()))
-        total = sum(t.nbytes for f in files for t in read_header(f).tensors.values())
-        qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-        return total, (f"the EXL2 artifact's stored tensors ({len(files)} file(s); {qc.get('bits')} bpw target, "
-                       f"head {qc.get('head_bits')} bits), kept packed on the GPU by exllamav2")
-    try:
-        parts = arg.split(":")
-        bpw, head = float(parts[0]), int(parts[1]) if len(parts) > 1 else 6
-        head_qp = HEAD_OPTIONS[head]
-        if len(parts) > 2 or not 1.0 <= bpw <= 16.0:  # exllamav2's range is 2 to 8; nan and inf fail here too
-            raise ValueError
-    except (ValueError, IndexError, KeyError):
-        raise InputError(f"--format {fmt}: write exl2:BPW or exl2:BPW:HEAD_BITS with head bits 2, 3, 4, 5, 6 or 8, e.g. exl2:4.0:6") from None
-    total = 0
-    for t in specs:
-        n = math.prod(t.shape)
-        if t.role == "linear":
-            total += math.ceil(n * bpw / 8)
-        elif t.role == "head" or (t.role == "embedding" and not any(x.role == "head" for x in specs)):
-            total += head_qp.total_bits(t.shape[1], t.shape[0]) // 8 + (n * 2 if t.role == "embedding" else 0)
-        else:
-            total += n * 2
-    return total, (f"decoder Linears at most {bpw:g} bits per weight as exllamav2 counts them (scales, groups and "
-                   f"permutation included); head with exllamav2's {head}-bit mix ({head_qp.desc}); embeddings and norms FP16")
+def split_format(fmt: str) -> tuple[str, str]:
+    """`KIND[:ARGS]` -> (kind, args), lower-cased. A kind whose first argument follows a dash keeps
+    the dash in its name: int4-g128:awq is kind "int4-" with args "g128:awq"."""
+    head, _, args = fmt.lower().partition(":")
+    kind, dash, first = head.partition("-")
+    if dash:
+        return kind + dash, f"{first}:{args}" if args else first
+    return kind, args
 
 
 def weight_bytes(cfg: dict, fmt: str, folder: Path | None = None) -> tuple[int, str]:
-    """(bytes, how they are counted) for a format spec: bf16 | fp16 | fp8 | int4-gG[:LAYOUT] | exl2[:BPW[:HEAD]] | gguf:TYPE."""
-    specs = tensors(cfg)
-    kind, _, arg = fmt.lower().partition(":")
-    if kind in ("bf16", "fp16"):
-        return sum(math.prod(t.shape) * 2 for t in specs), "every tensor 2 bytes"
-    if kind == "fp8":
-        total = 0
-        for t in specs:
-            n = math.prod(t.shape)
-            total += n + t.shape[0] * 2 if t.role == "linear" else n * 2
-        return total, "decoder Linear weights 1 byte + one BF16 scale per row; embeddings, head, norms BF16"
-    if kind.startswith("int4-g"):
-        return _int4_bytes(specs, kind, arg, fmt)
-    if kind == "exl2":
-        return _exl2_bytes(specs, arg, fmt, folder)
-    if kind == "gguf":
-        from quantkit.backends.gguf import mix, predicted_bytes
+    """(bytes, how they are counted) for a format spec: bf16 | fp16 | fp8 | int4-gG[:LAYOUT] | exl2[:BPW[:HEAD]] | gguf:TYPE.
 
-        typ = arg.upper()
-        if typ not in mix.FILE_TYPES:
-            raise InputError(f"--format {fmt}: unknown GGUF type; use one of {', '.join(mix.FILE_TYPES)}")
-        return predicted_bytes(cfg, typ), (f"GGUF {typ}: each tensor in the type llama.cpp's {typ} mix gives it "
-                                            "(quantkit's GGUF writer uses the same rules), norms F32")
-    raise InputError(f"--format {fmt}: use bf16, fp16, fp8, int4-g128[:asym|gptq|awq], exl2:BPW[:HEAD_BITS] or gguf:TYPE")
+    The quantized kinds are answered by the backend that claims them (its vram_kinds)."""
+    from quantkit.backends.registry import for_vram_kind
+
+    specs = tensors(cfg)
+    kind, args = split_format(fmt)
+    if kind in PLAIN_KINDS:
+        return sum(math.prod(t.shape) * 2 for t in specs), "every tensor 2 bytes"
+    backend = for_vram_kind(kind)
+    if backend is None:
+        raise InputError(f"--format {fmt}: use bf16, fp16, fp8, int4-g128[:asym|gptq|awq], exl2:BPW[:HEAD_BITS] or gguf:TYPE")
+    return backend.weight_bytes(kind, args, Model(cfg, specs, folder, fmt))
 
 
 def kv_bytes_per_token(cfg: dict, kv_dtype: str) -> float:
@@ -160,9 +110,9 @@ def load_config(spec: str) -> tuple[dict, str]:
         if not p.is_file():
             raise InputError(f"{spec} has no config.json; pass a model folder, a config file or a Hub id")
     elif not p.exists():
-        from quantkit.source import HUB_ID
+        from quantkit.hub_ids import looks_like_repo_id
 
-        if not HUB_ID.match(spec):
+        if not looks_like_repo_id(spec):
             raise InputError(f"{spec}: no such folder or file; pass a model folder, a config.json or a Hub id")
         import huggingface_hub
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled

@@ -5,6 +5,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from quantkit.manifest import read_dict
 from quantkit import formats, output
 from quantkit.errors import InputError
 from quantkit.stio import read_header
@@ -27,7 +28,7 @@ def inspect_path(path: Path) -> dict:
         raise InputError(f"{path}: quantkit reads checkpoint folders, .safetensors and .gguf files")
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").is_file() and ggufs:
-        return {"path": str(path), "kind": "folder of GGUF files", "files": [_gguf(g) for g in ggufs], "manifest": output.read_manifest(path)}
+        return {"path": str(path), "kind": "folder of GGUF files", "files": [_gguf(g) for g in ggufs], "manifest": read_dict(path)}
     if not (path / "config.json").is_file():
         raise InputError(f"{path} has no config.json and no .gguf file; pass a checkpoint or artifact folder")
     config = json.loads((path / "config.json").read_text())
@@ -44,7 +45,7 @@ def inspect_path(path: Path) -> dict:
         "architecture": (config.get("architectures") or ["unknown"])[0],
         "quantization_config": config.get("quantization_config"),
         **stats,
-        "manifest": output.read_manifest(path),
+        "manifest": read_dict(path),
     }
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantkit import output
+from quantkit import figures, manifest, output
 from quantkit.errors import InputError, OutputError, QuantkitError
 from quantkit.loaders import Scorer, load
+from quantkit.manifest import VerifyResult
 from quantkit.progress import CountProgress
 from quantkit.text import load_text
 
@@ -88,8 +89,8 @@ def _summary(src_nll: np.ndarray, t: Tally) -> dict:
 
 def verify(quants: list[Path], source: Path | None, eval_text: str | None = None, ctx: int = 512,
            max_tokens: int | None = 8192, show_progress: bool = False, runtime: str = "transformers",
-           allow_pickle: bool = False, notice=lambda msg: None) -> list[dict]:
-    """Score each artifact against the source; returns one result dict per artifact.
+           allow_pickle: bool = False, notice=lambda msg: None) -> list[VerifyResult]:
+    """Score each artifact against the source; returns one result per artifact.
     Source and artifacts are checked before any model is loaded (quantkit/loaders.check)."""
     from transformers import AutoTokenizer
 
@@ -133,73 +134,76 @@ def verify(quants: list[Path], source: Path | None, eval_text: str | None = None
     src_nll_all = np.concatenate(src_nll)
     results = []
     for q, m, t in zip(quants, models, tallies):
-        r = {"artifact": str(q), "artifact_created": _created(q), "format": m.format, "size_bytes": m.size_bytes,
-             "source": str(src.path),
-             **_summary(src_nll_all, t),
-             "ctx": ctx, "windows": len(chunks), "text": described, "activations": m.activations,
-             "method": f"llama.cpp perplexity windows: ctx {ctx}, second half of each scored; "
-                       + m.runtime}
-        results.append(r)
+        results.append(VerifyResult(
+            artifact=str(q), artifact_created=_created(q), format=m.format, size_bytes=m.size_bytes,
+            source=str(src.path), **_summary(src_nll_all, t),
+            ctx=ctx, windows=len(chunks), text=described, activations=m.activations,
+            method=f"llama.cpp perplexity windows: ctx {ctx}, second half of each scored; " + m.runtime))
     return results
 
 
 def _other_source(artifact: Path, src) -> str | None:
     """Why the artifact's quantkit.json says it was made from another model than `src`, or None.
     Weight files are compared by name and size, and by sha256 when the folders differ but those agree."""
-    m = output.read_manifest(artifact if artifact.is_dir() else artifact.parent)
-    made = (m or {}).get("source") or {}
-    recorded = made.get("weight_files") or {}
-    if not recorded or Path(made.get("path", "")) == src.path:
+    m = manifest.read(_folder(artifact))
+    made = m.source if m else None
+    if made is None or not made.weight_files or Path(made.path or "") == src.path:
         return None
+    recorded = made.weight_files
     have = {p.name: p for p in src.weight_files}
     same = set(recorded) == set(have) and all(
-        have[n].stat().st_size == e.get("bytes") and (e.get("sha256") is None or output.sha256_file(have[n]) == e["sha256"])
+        have[n].stat().st_size == e.bytes and (e.sha256 is None or output.sha256_file(have[n]) == e.sha256)
         for n, e in recorded.items())
     if same:
         return None
-    return (f"{artifact.name} was made from {made.get('spec') or made.get('path')} (its quantkit.json), "
+    return (f"{artifact.name} was made from {made.spec or made.path} (its quantkit.json), "
             f"not from {src.spec}; its figures compare it with another model")
 
 
+def _folder(artifact: Path) -> Path:
+    return artifact if artifact.is_dir() else artifact.parent
+
+
 def _source_from_manifest(artifact: Path) -> Path:
-    m = output.read_manifest(artifact if artifact.is_dir() else artifact.parent)
-    if not m:
+    m = manifest.read(_folder(artifact))
+    if not m or not m.source.path:
         raise InputError(f"{artifact} has no quantkit.json naming its source; pass --source MODEL")
-    return Path(m["source"]["path"])
+    return Path(m.source.path)
 
 
 def _created(artifact: Path) -> str | None:
-    m = output.read_manifest(artifact if artifact.is_dir() else artifact.parent)
-    return (m or {}).get("created")
+    m = manifest.read(_folder(artifact))
+    return m.created if m else None
 
 
-def record(results: list[dict]) -> list[Path]:
+def record(results: list[VerifyResult]) -> list[Path]:
     """Write each result into its artifact's quantkit.json (where there is one), holding the
     artifact's output lock, and only if it is still the artifact that was scored."""
     from quantkit import card
 
     written = []
     for r in results:
-        art = Path(r["artifact"])
-        folder = art if art.is_dir() else art.parent
-        if output.read_manifest(folder) is None:  # not a quantkit artifact: nothing to record into
+        art = Path(r.artifact)
+        folder = _folder(art)
+        if manifest.read(folder) is None:  # not a quantkit artifact: nothing to record into
             if (folder / output.MANIFEST).exists():
-                raise OutputError(f"{folder / output.MANIFEST} is damaged (not a JSON object); the figures were not "
+                what = "not a JSON object" if manifest.read_dict(folder) is None else "not a quantkit manifest"
+                raise OutputError(f"{folder / output.MANIFEST} is damaged ({what}); the figures were not "
                                   "recorded: restore it, or pass --no-record")
             continue
         with output.OutputLock(folder):
-            m = output.read_manifest(folder)
-            if m is None or m.get("created") != r.get("artifact_created"):
+            m = manifest.read(folder)
+            if m is None or m.created != r.artifact_created:
                 raise OutputError(f"{folder} was rebuilt while verify scored it; its figures were not "
                                          "recorded: run quantkit verify on it again")
-            figures = {k: v for k, v in r.items() if k not in ("artifact", "artifact_created")}
+            recorded = VerifyResult.model_validate(r.figures())
             if art.is_file():  # one of several files in a folder (GGUF types): keyed by file name
-                m.setdefault("verify_files", {})[art.name] = figures
+                m.verify_files = {**(m.verify_files or {}), art.name: recorded}
             else:
-                m["verify"] = figures
-            output.write_json(folder / output.MANIFEST, m)
-            card.write_card(folder, m)  # the card shows the figures just measured
-        written.append(folder / output.MANIFEST)
+                m.verify = recorded
+            path = manifest.write(folder, m)
+            card.write_card(folder, m.to_dict())  # the card shows the figures just measured
+        written.append(path)
     return written
 
 
@@ -209,13 +213,9 @@ def check_gate_values(max_ppl_ratio: float | None, max_kld: float | None) -> Non
             raise InputError(f"{flag} {value}: give a finite number of at least 0, e.g. 1.05")
 
 
-def check_gates(results: list[dict], max_ppl_ratio: float | None, max_kld: float | None) -> None:
-    failed = []
-    for r in results:
-        if max_ppl_ratio is not None and r["ppl_ratio"] > max_ppl_ratio:
-            failed.append(f"{r['artifact']}: PPL ratio {r['ppl_ratio']:.4f} > --max-ppl-ratio {max_ppl_ratio}")
-        if max_kld is not None and r["kld_mean"] > max_kld:
-            failed.append(f"{r['artifact']}: mean KLD {r['kld_mean']:.4f} > --max-kld {max_kld}")
+def check_gates(results: list[VerifyResult], max_ppl_ratio: float | None, max_kld: float | None) -> None:
+    """Raise GateFailed naming every result past a gate given on the command line."""
+    failed = figures.gate_failures(results, max_ppl_ratio, max_kld)
     if failed:
         raise GateFailed("gate failed: " + "; ".join(failed))
 
@@ -230,9 +230,12 @@ def _short_labels(names: list[str]) -> list[str]:
     return short if all(short) else names
 
 
-def chart(results: list[dict], path: Path, title: str = "quantkit verify") -> Path:
-    """PNG: artifact size against PPL ratio and against mean KLD; one marker per artifact, named in a legend."""
+def chart(results: list[VerifyResult] | list[dict], path: Path, title: str = "quantkit verify") -> Path:
+    """PNG: artifact size against PPL ratio and against mean KLD; one marker per artifact, named in a legend.
+    `results` are VerifyResults or their JSON form (a release report's rows)."""
     import matplotlib
+
+    results = [r.model_dump() if isinstance(r, VerifyResult) else r for r in results]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,14 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from quantkit import output
+from quantkit import hub_ids, manifest as manifests, output
 from quantkit.errors import InputError, QuantkitError
+from quantkit.manifest import Manifest
 
 BATCH_FILES = 50  # at most this many files per commit ...
 BATCH_BYTES = 5 * 2**30  # ... and at most this many bytes (one larger file makes a commit of its own)
 LAST = (output.MANIFEST, output.CARD)  # committed last: a repo that has them has all the rest
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
-_BRANCH = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!refs/)[A-Za-z0-9._/-]+(?<![/.])$")
 
 
 class PublishError(QuantkitError):
@@ -104,15 +103,15 @@ def publish(
     return result
 
 
-def check_artifact(folder: Path) -> dict:
+def check_artifact(folder: Path) -> Manifest:
     """The manifest of `folder`, refusing folders that are not artifacts or no longer match it."""
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; give the artifact folder that `quantkit` wrote")
-    manifest = output.read_manifest(folder)
-    if manifest is None or not isinstance(manifest.get("files"), dict):
+    manifest = manifests.read(folder)
+    if manifest is None or "files" not in manifest.model_fields_set:
         raise InputError(f"{folder} is not a quantkit artifact (no readable {output.MANIFEST}); "
                          "publish a folder that a quantkit conversion wrote")
-    problems = output.changed_files(folder, manifest)
+    problems = output.changed_files(folder, manifest.to_dict())
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InputError(f"{folder}: {problems[0]}{more}; nothing was uploaded: rebuild the artifact "
@@ -121,16 +120,13 @@ def check_artifact(folder: Path) -> dict:
 
 
 def check_repo_id(repo_id: str) -> None:
-    ok = isinstance(repo_id, str) and bool(_REPO_ID.match(repo_id)) and len(repo_id) <= 96
-    if ok:
-        ok = not any(s in repo_id for s in ("--", "..")) and not repo_id.endswith(".git")
-    if not ok:
+    if not hub_ids.is_repo_id(repo_id):
         raise InputError(f"--repo {repo_id!r} is not a Hub model id; give it as ORG/NAME "
                          "(letters, digits, '-', '_', '.'), e.g. my-org/Llama-3-8B-FP8")
 
 
 def check_revision(revision: str) -> None:
-    if not _BRANCH.match(revision):
+    if not hub_ids.is_branch(revision):
         raise InputError(f"--revision {revision!r} is not a usable branch name; use letters, digits and "
                          "'-', '_', '.', '/', e.g. fp8-v2")
 
@@ -144,10 +140,10 @@ def git_blob_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def local_files(folder: Path, manifest: dict, notice=lambda m: None) -> dict[str, dict]:
+def local_files(folder: Path, manifest: Manifest, notice=lambda m: None) -> dict[str, dict]:
     """{path: {"bytes", "sha256"}} of every file to publish: all but hidden names (staging
     leftovers, caches) at any depth. sha256 comes from the (just verified) manifest when listed."""
-    listed = manifest.get("files", {})
+    listed = manifest.files
     files = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
@@ -156,7 +152,7 @@ def local_files(folder: Path, manifest: dict, notice=lambda m: None) -> dict[str
         entry = listed.get(rel)
         if entry is None and rel not in output.UNHASHED:
             notice(f"{rel} is not listed in {output.MANIFEST}; it is uploaded as it is")
-        files[rel] = {"bytes": p.stat().st_size, "sha256": entry["sha256"] if entry else output.sha256_file(p)}
+        files[rel] = {"bytes": p.stat().st_size, "sha256": entry.sha256 if entry else output.sha256_file(p)}
     return files
 
 
@@ -235,10 +231,11 @@ def _read_remote(api, repo_id, branch, private, notice, endpoint) -> tuple[dict,
         return {}, private
 
 
-def _prepare_card(folder: Path, manifest: dict, repo_id: str, dry_run: bool, notice) -> str:
+def _prepare_card(folder: Path, manifest: Manifest, repo_id: str, dry_run: bool, notice) -> str:
     """Re-render the model card for `repo_id` when quantkit wrote it; keep a hand-edited one."""
     from quantkit import card
 
+    manifest = manifest.to_dict()
     readme = folder / output.CARD
     if readme.is_file() and not card.is_generated(folder, manifest):
         notice(f"{output.CARD} was edited by hand, so it is uploaded as it is "
