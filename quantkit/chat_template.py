@@ -1,8 +1,9 @@
 """A checkpoint's chat template, read from its folder as transformers finds it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from quantkit.jsonfile import UnreadableJSON, read_object
 
 
 def read_chat_template(folder: Path) -> str | None:
@@ -25,13 +26,10 @@ def read_chat_template(folder: Path) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_object(path)
+    except UnreadableJSON:
         return {}  # the Modelfile writer reports an unreadable tokenizer_config.json itself
-    return data if isinstance(data, dict) else {}
 
 
 def _pick(value) -> str | None:

@@ -5,9 +5,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from quantkit.manifest import read_dict
-from quantkit import formats, output
+from quantkit import formats
 from quantkit.errors import InputError
+from quantkit.manifest import read_dict
 from quantkit.stio import read_header
 
 # Tensors that carry quantization parameters rather than model parameters.

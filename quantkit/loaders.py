@@ -4,7 +4,7 @@ Each entry detects its format from the path and loads a `Scorer`; a new format
 adds one function and one line in LOADERS. EXL2 (exllamav2 is CUDA-only) is
 dequantized on CPU exactly as exllamav2's reconstruct kernel does and run in
 transformers; the legacy INT4 layouts (AutoGPTQ, AutoAWQ GEMM), which transformers 5
-loads only through optimum/gptqmodel, follow the same pattern (quantkit/layouts.py
+loads only through optimum/gptqmodel, follow the same pattern (quantkit/backends/int4/layouts.py
 reads them back).
 """
 from __future__ import annotations
@@ -146,12 +146,12 @@ def _quantization_config(path: Path) -> dict:
 
 def load_int4_legacy(path: Path) -> Scorer:
     """INT4 in the AutoGPTQ or AutoAWQ GEMM layout: each quantized Linear read back by
-    quantkit/layouts.py and dequantized to float32, loaded into the transformers model
+    quantkit/backends/int4/layouts.py and dequantized to float32, loaded into the transformers model
     config.json describes (its quantization_config dropped)."""
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from quantkit import layouts
+    from quantkit.backends.int4 import layouts
 
     qc = _quantization_config(path)
     reader = layouts.LEGACY_READERS[qc.get("quant_method")]
@@ -212,7 +212,7 @@ def _is_exl2(path: Path) -> bool:
 
 def _is_int4_legacy(path: Path) -> bool:
     """config.json declares AutoGPTQ's or AutoAWQ's quant_method (not a compressed-tensors format)."""
-    from quantkit import layouts
+    from quantkit.backends.int4 import layouts
 
     if not (path.is_dir() and (path / "config.json").is_file()):
         return False

@@ -11,7 +11,7 @@ import torch
 
 from conftest import assert_one_line_error
 from helpers import autoawq_to_ct, autoround_gptq_dense, load_tensors
-from quantkit import layouts
+from quantkit.backends.int4 import layouts
 
 LAYOUTS = ["compressed-tensors", "gptq", "awq"]
 FAST = ["--samples", "8", "--seq-len", "128"]

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import assert_one_line_error
 from helpers import autoawq_to_ct, autoround_gptq_dense, load_tensors
-from quantkit import layouts
+from quantkit.backends.int4 import layouts
 
 FAST = ["--samples", "4", "--seq-len", "64"]
 GROUP = 128

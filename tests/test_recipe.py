@@ -347,3 +347,20 @@ def test_smollm2_recipe_end_to_end(cli, tmp_path, smollm2):
     assert by["exl2"]["results"][0]["kld_mean"] < by["gptq"]["results"][0]["kld_mean"]  # 8 bits beat 4
     assert (tmp_path / "rel" / "release.png").read_bytes()[:8] == PNG_MAGIC
     assert (tmp_path / "rel" / "release.md").read_text().count("| SmolLM2-135M-Instruct") == 6
+
+
+def test_check_imports_no_torch(tmp_path, tiny):
+    """`quantkit run RECIPE --check` validates against every backend's options model without
+    importing torch (docs/performance.md: a fraction of a second)."""
+    import subprocess
+    import sys
+
+    recipe = write(tmp_path, TINY_RECIPE.format(source=tiny))
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['quantkit', 'run', {str(recipe)!r}, '--check', '--json']\n"
+            "try:\n    runpy.run_module('quantkit', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["artifacts"][0]["format"] == "fp8"

@@ -21,6 +21,7 @@ from typing import NamedTuple
 from quantkit.backends.gguf.chat_family import detect, fill_tokens
 from quantkit.backends.gguf.go_template import go_template
 from quantkit.chat_template import read_chat_template
+from quantkit.jsonfile import UnreadableJSON, read_object
 
 NUM_CTX_CAP = 8192
 
@@ -34,14 +35,11 @@ class Modelfile(NamedTuple):
 
 
 def _read_json(path: Path, notices: list[str]) -> dict:
-    if not path.is_file():
-        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        notices.append(f"Modelfile: could not read {path.name} ({e}); ignored it")
+        return read_object(path)
+    except UnreadableJSON as e:
+        notices.append(f"Modelfile: could not read {path.name} ({e.reason}); ignored it")
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _token_text(value) -> str | None:

@@ -51,6 +51,7 @@ from typing import NamedTuple
 import gguf
 
 from quantkit.errors import InputError
+from quantkit.jsonfile import UnreadableJSON, read_json
 from quantkit.libs import quiet_gguf
 
 T = gguf.TokenType
@@ -238,12 +239,10 @@ def _make(model_dir: Path, vocab_size: int) -> _Vocab:
 
 
 def _read_json(path: Path):
-    if not path.is_file():
-        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path} is not valid JSON ({e.__class__.__name__}); restore it from the model's repository") from None
+        return read_json(path)
+    except UnreadableJSON as e:
+        raise InputError(f"{path} is not valid JSON ({e.reason}); restore it from the model's repository") from None
 
 
 def _is_byte_level_bpe(tj: dict) -> bool:

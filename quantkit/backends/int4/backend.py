@@ -1,5 +1,5 @@
 """The `gptq` and `awq` backends: INT4 weight-only (W4A16) through llm-compressor (calibrate.py),
-written as compressed-tensors or repacked into the AutoGPTQ / AutoAWQ layouts (quantkit/layouts.py).
+written as compressed-tensors or repacked into the AutoGPTQ / AutoAWQ layouts (layouts.py).
 
 Group size: every quantized Linear must have in-features divisible by the group size. When the
 requested size (128) does not divide them all (SmolLM2-135M's hidden size is 576), quantkit uses

@@ -2,7 +2,7 @@
 
 llm-compressor calibrates layer by layer (one decoder layer's activations in memory at a time)
 and writes compressed-tensors `pack-quantized`; quantkit then repacks the same integers and
-scales into the AutoGPTQ or AutoAWQ layout when asked (quantkit/layouts.py). The model itself
+scales into the AutoGPTQ or AutoAWQ layout when asked (layouts.py). The model itself
 is loaded whole on CPU: GPTQ and AWQ need every layer's weights in memory, so this does not
 stream.
 """
@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-from quantkit import layouts
+from quantkit.backends.int4 import layouts
 from quantkit.backends.base import BackendResult, Progress
 from quantkit.source import Source
 
