@@ -94,10 +94,14 @@ def publish(folder: str | Path, repo: str, *, private: bool = False, revision: s
 
 
 def run_recipe(recipe: str | Path, output: str | Path | None = None, *, force: bool = False, publish: bool = True,
-               org: str | None = None, allow_pickle: bool = False, progress: bool = False,
+               org: str | None = None, allow_pickle: bool = False, check: bool = False, progress: bool = False,
                notice: Notice = _quiet) -> dict:
-    """Run a release recipe (YAML): every artifact, its verify gates and publish targets; returns the report."""
-    from quantkit import release
+    """Run a release recipe (YAML): every artifact, its verify gates and publish targets; returns the report.
+    With `check`, only read and check the recipe and return what it would make (`quantkit run --check`)."""
+    from quantkit import recipe as recipes, release
+
+    if check:
+        return recipes.check(Path(recipe))
 
     return release.run(Path(recipe), Path(output) if output is not None else None, force=force, publish=publish,
                        org=org, allow_pickle=allow_pickle, show_progress=progress, notice=notice)

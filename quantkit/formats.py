@@ -1,7 +1,7 @@
 """Format facts as tables: how to recognise each checkpoint format quantkit reads or writes."""
 from __future__ import annotations
 
-from quantkit.errors import InputError
+from quantkit.errors import OptionError
 
 # Tensor-name suffixes that only quantized checkpoints carry -> the format they mean.
 QUANTIZED_SUFFIXES = {
@@ -60,7 +60,6 @@ def group_size_for(in_features: list[int], requested: int) -> int:
     for g in candidates:
         if all(n % g == 0 for n in in_features):
             return g
-    raise InputError(
-        f"no group size between {MIN_GROUP} and {requested} divides every layer's input size "
-        f"({sorted(set(in_features))}); pass --group-size that divides them"
-    )
+    raise OptionError("group_size", requested,
+                      f"no group size between {MIN_GROUP} and {requested} divides every layer's input size "
+                      f"({sorted(set(in_features))}); pass a {{group_size}} that divides them")

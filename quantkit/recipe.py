@@ -117,6 +117,14 @@ def load(path: Path) -> tuple[Recipe, str]:
     return parse(text, path.name), text
 
 
+def check(path: Path) -> dict:
+    """Read and check a recipe without running it (`quantkit run --check`): what it would make."""
+    spec, _ = load(path)
+    artifacts = [{"format": a.format, "name": a.name, "options": a.backend_options(), "verify": a.verify,
+                  "publish": a.publish.repo if a.publish else None} for a in spec.artifacts]
+    return {"recipe": str(path), "name": spec.name, "source": spec.source, "artifacts": artifacts}
+
+
 def parse(text: str, where: str = "recipe") -> Recipe:
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):

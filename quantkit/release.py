@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from quantkit import figures, manifest as manifests, output, recipe as recipes
-from quantkit.errors import InputError, OptionError, OutputError, QuantkitError
+from quantkit.errors import InputError, OptionsError, OutputError, QuantkitError
 from quantkit.manifest import Manifest, VerifyResult
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "release.json", "release.md", "release.png"
@@ -105,9 +105,9 @@ def run(recipe_path: Path, out: Path | None = None, force: bool = False, publish
                     convert(step.spec.format, source_spec, step.folder, force=force or step.folder.exists(),
                             allow_pickle=allow_pickle, show_progress=show_progress, notice=notice,
                             options=step.options, provenance={**provenance, "artifact": step.folder.name})
-                except OptionError as e:  # named as the recipe field, at its line
+                except OptionsError as e:  # named as the recipe fields, at the line of the option (or options:)
                     i = n - 1
-                    line = line_of(text, ("artifacts", i, "options", e.field))
+                    line = line_of(text, ("artifacts", i, "options") + ((e.field,) if e.field else ()))
                     raise InputError(e.in_recipe(f"{recipe_path.name}:{line}: artifacts[{i}].options")) from None
                 step.status = "built"
             if step.spec.verify:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from quantkit.errors import InputError
+from quantkit.errors import InputError, OptionsError
 
 # kind -> (packaged file, what it is); see calibration/README.md
 DEFAULTS = {
@@ -53,13 +53,13 @@ def load_text(spec: str | None, kind: str) -> tuple[str, str]:
 
 def token_rows(tokenizer, text: str, rows: int, length: int, fix: str) -> list[list[int]]:
     """`rows` calibration rows of BOS + length-1 consecutive tokens, evenly spaced over the whole
-    text (so a text made of several parts contributes all of them). `fix` names the options to change."""
+    text (so a text made of several parts contributes all of them). `fix` names the options to change, as {field} (quantkit/errors.py OptionsError)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     step = length - len(bos)
     available = len(ids) // step
     if available < rows:
-        raise InputError(f"the calibration text gives {available} rows of {length} tokens, {rows} asked; "
-                         f"pass a longer --calibration, or {fix}")
+        raise OptionsError(f"the calibration text gives {available} rows of {length} tokens, {rows} asked; "
+                           f"pass a longer {{calibration}}, or {fix}")
     starts = [(i * available // rows) * step for i in range(rows)]
     return [bos + ids[s : s + step] for s in starts]

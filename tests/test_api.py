@@ -59,3 +59,11 @@ def test_convert_refuses_what_is_not_an_options_model(tmp_path):
     with pytest.raises(quantkit.QuantkitError, match="unknown format"):
         quantkit.convert("builtin:tiny-llama", "fp9", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_run_recipe_check_is_the_cli_check(tmp_path, cli, tiny):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"recipe: 1\nname: rel\nsource: {tiny}\nartifacts:\n  - format: gguf\n    options: {{type: [Q8_0]}}\n")
+    plan = quantkit.run_recipe(recipe, check=True)
+    assert plan == cli("run", recipe, "--check", "--json").json
+    assert plan["artifacts"][0]["options"]["type"] == "Q8_0" and not (tmp_path / "rel").exists()

@@ -152,3 +152,16 @@ def test_vram_context_past_the_model_maximum_is_a_notice(cli):
     assert r.code == 0 and "notice" not in r.err, r.err
     r = cli("vram", CONFIG_8B, "--context", "256k")
     assert r.code == 0 and "notice:" in r.err and "131,072" in r.err, r.err
+
+
+def test_hints_name_recipe_keys_not_flags(cli, tmp_path, tiny):
+    """A problem that names other options as its fix names them as the recipe's keys, at the
+    artifact's options: line (and as flags on the command line)."""
+    text = (f"recipe: 1\nname: rel\nsource: {tiny}\nartifacts:\n  - format: gguf\n    verify: false\n"
+            "    options:\n      type: [Q8_0, IQ4_XS]\n")
+    r = cli("run", write(tmp_path, text), "-o", tmp_path / "rel", "--json", cwd=tmp_path)
+    assert_one_line_error(r, "r.yaml:8: artifacts[0].options.type: 'IQ4_XS': ", "add `engine: llamacpp`")
+    assert "--" not in r.err.split("artifacts[0]")[1]
+    r = cli("gguf", tiny, "--type", "Q8_0,IQ4_XS", "-o", tmp_path / "cli")
+    assert_one_line_error(r, "--type IQ4_XS: ", "add --engine llamacpp")
+    assert not (tmp_path / "rel" / "tiny-llama-GGUF").exists() and not (tmp_path / "cli").exists()

@@ -64,16 +64,14 @@ def register(app: typer.Typer) -> None:
         """
         from quantkit import recipe as recipes
 
-        if check:  # the recipe alone: no backend, pipeline or torch import
-            spec, _ = recipes.load(recipe)
-            plan = [{"format": a.format, "name": a.name, "options": a.backend_options(), "verify": a.verify,
-                     "publish": a.publish.repo if a.publish else None} for a in spec.artifacts]
+        if check:  # the recipe alone, against every backend's options model: no torch import
+            plan = recipes.check(recipe)
             if json_:
-                emit_json({"recipe": str(recipe), "name": spec.name, "source": spec.source, "artifacts": plan})
+                emit_json(plan)
             else:
-                stdout.print(kv_table(f"recipe {recipe} is valid: {spec.name}",
+                stdout.print(kv_table(f"recipe {recipe} is valid: {plan['name']}",
                                       [(f"{i + 1}. {p['format']}", ", ".join(f"{k}={v}" for k, v in p["options"].items() if v is not None) or "defaults")
-                                       for i, p in enumerate(plan)]))
+                                       for i, p in enumerate(plan["artifacts"])]))
             return
         from quantkit import release
 

@@ -127,7 +127,7 @@ class EXL2(EXL2Description, Backend):
         tok = _tokenizer(source)
 
         def rows(n: int, tokens: int) -> torch.Tensor:
-            return torch.tensor(token_rows(tok, text, n, tokens, "fewer --rows / a shorter --length"), dtype=torch.long)
+            return torch.tensor(token_rows(tok, text, n, tokens, "fewer {rows} / a shorter {length}"), dtype=torch.long)
 
         ids = rows(o.rows, length)
         m_ids = None if measurement else rows(o.measurement_rows, m_length)

@@ -34,7 +34,7 @@ def read_measurement(f: Path, shapes: ModelShapes) -> dict:
             ok = False
         if not ok:
             raise OptionError("measurement", str(f), f"{key} does not match this model's shapes; "
-                              "it was measured on another model, so run without --measurement")
+                              "it was measured on another model, so run without {measurement}")
     return data
 
 

@@ -115,7 +115,7 @@ class GGUF(GGUFDescription, Backend):
         if unknown and o.engine != "llamacpp":
             raise OptionError("type", unknown[0],
                               f"quantkit encodes {', '.join(mix.FILE_TYPES)}; for other llama.cpp types (IQ*) "
-                              "add --engine llamacpp (pip install 'quantkit[llamacpp]')")
+                              "add {engine=llamacpp} (pip install 'quantkit[llamacpp]')")
         ours = [t for t in types if t in mix.FILE_TYPES]
         theirs = [t for t in types if t not in mix.FILE_TYPES]
         uses_imatrix = o.imatrix or o.imatrix_file is not None

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from quantkit.errors import InputError
+from quantkit.errors import InputError, OptionsError
 
 if TYPE_CHECKING:
     from quantkit.backends.gguf.vocab import Bos
@@ -141,9 +141,9 @@ def windows(tokens: list[int], chunks: int | None, ctx: int, add_bos: bool, bos_
     if chunks is not None and chunks == 0:
         raise InputError("imatrix chunks 0: ask for at least one chunk")
     if len(tokens) < 2 * ctx:
-        raise InputError(
+        raise OptionsError(
             f"the calibration text gives {len(tokens)} tokens; llama.cpp's imatrix needs at least 2 x {ctx} = "
-            f"{2 * ctx}: pass a longer --calibration or a shorter context"
+            f"{2 * ctx}: pass a longer {{calibration}} or a shorter context"
         )
     n_max = len(tokens) // ctx
     n = n_max if chunks is None or chunks < 0 else min(chunks, n_max)

@@ -150,7 +150,7 @@ def check_types(types: list[str], has_imatrix: bool) -> None:
     for t in types:
         file_type_id(t)
         if t in NEED_IMATRIX and not has_imatrix:
-            raise OptionError("type", t, "needs an importance matrix in llama.cpp; add --imatrix (or --imatrix-file FILE)")
+            raise OptionError("type", t, "needs an importance matrix in llama.cpp; add {imatrix} (or {imatrix_file=FILE})")
 
 
 def quantize(src: Path, dst: Path, file_type: str, imatrix=None) -> None:

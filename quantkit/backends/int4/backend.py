@@ -90,7 +90,7 @@ class _Int4(INT4Description, Backend):
         """Options against the source before any work; choose the group size."""
         if self.options.format == "gptq" and not self.symmetric:
             raise OptionError("format", "gptq", "holds symmetric weights only (AutoGPTQ stores zero points minus 1, "
-                              "so 0 cannot be stored); for AWQ's zero points use --format awq or compressed-tensors")
+                              "so 0 cannot be stored); for AWQ's zero points use {format=awq} or compressed-tensors")
         in_features = linear_in_features(source)
         wanted = self.options.group_size
         group = group_size_for(in_features, wanted)

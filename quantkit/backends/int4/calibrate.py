@@ -65,7 +65,7 @@ def calibration_dataset(tokenizer, text: str, samples: int, seq_len: int):
 
     from quantkit.text import token_rows
 
-    rows = token_rows(tokenizer, text, samples, seq_len, "fewer --samples / a shorter --seq-len")
+    rows = token_rows(tokenizer, text, samples, seq_len, "fewer {samples} / a shorter {seq_len}")
     return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * seq_len for _ in rows]})
 
 

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quantkit import output
-from quantkit.errors import InputError
+from quantkit.errors import InputError, OptionsError
 
 BITS = 4
 PER_INT32 = 32 // BITS
@@ -86,13 +86,15 @@ def dequantize(m: Module) -> torch.Tensor:
 def _fp16(s: torch.Tensor, name: str) -> torch.Tensor:
     h = s.to(torch.float16)
     if not torch.equal(h.to(s.dtype), s):
-        raise InputError(f"{name}: a scale does not fit float16 exactly, which the legacy layouts store; use --format compressed-tensors")
+        raise OptionsError(f"{name}: a scale does not fit float16 exactly, which the legacy layouts store; "
+                           "use {format=compressed-tensors}")
     return h
 
 
 def write_gptq(prefix: str, m: Module) -> dict[str, torch.Tensor]:
     if bool((m.z == 0).any()):  # z - 1 would wrap to 15; only symmetric weights (z = 8) are written
-        raise InputError(f"{prefix}: zero point 0 cannot be stored in the AutoGPTQ layout; use --format awq or compressed-tensors")
+        raise OptionsError(f"{prefix}: zero point 0 cannot be stored in the AutoGPTQ layout; "
+                           "use {format=awq} or compressed-tensors")
     return {
         prefix + "qweight": _pack_rows(m.q).T.contiguous(),  # packed along in: [in/8, out]
         prefix + "qzeros": _pack_rows((m.z - GPTQ_ZERO_OFFSET).T.contiguous()),  # AutoGPTQ stores z - 1
