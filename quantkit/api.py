@@ -75,7 +75,7 @@ def verify(artifacts: list[str | Path] | str | Path, source: str | Path | None =
     return [r.to_dict() for r in results]
 
 
-def vram(model: str | Path, format: str | None = None, *, contexts: list[int] = (4096,), batch: int = 1,
+def vram(model: str | Path, format: str | None = None, *, contexts: list[int] = (1024, 16384), batch: int = 1,
          kv_dtype: str = "fp16", gpu: int | None = None):
     """Memory for weights plus KV cache of `model` in `format` (as `quantkit vram --format`) at each context."""
     from quantkit import memory

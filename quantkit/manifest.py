@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from quantkit.output import MANIFEST, write_json
 
@@ -95,6 +95,32 @@ class Manifest(Record):
     verify_files: dict[str, VerifyResult] | None = None  # several models in one folder (GGUF types), by file name
     verify_settings: dict[str, Any] | None = None  # what a recipe run verified with, to reuse its figures
     card_sha256: str | None = None  # of the README.md quantkit last wrote (quantkit/card/)
+
+    @field_validator("verify", mode="wrap")
+    @classmethod
+    def _readable_figures(cls, value, handler):
+        """Figures in a form this quantkit does not read (another version's) are left unread, not
+        a reason to reject the whole manifest; the next verify writes them again."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
+
+    @field_validator("verify_files", mode="wrap")
+    @classmethod
+    def _readable_file_figures(cls, value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            if not isinstance(value, dict):
+                return None
+            kept = {}
+            for name, figures in value.items():
+                try:
+                    kept[str(name)] = VerifyResult.model_validate(figures)
+                except ValidationError:
+                    pass
+            return kept
 
     @classmethod
     def from_dict(cls, data: dict) -> Manifest:

@@ -20,6 +20,8 @@ from quantkit.errors import InputError, OptionsError, OutputError, QuantkitError
 from quantkit.manifest import Manifest, VerifyResult
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "release.json", "release.md", "release.png"
+# option names that manifests of quantkit before issue 15 recorded -> the options models' names
+LEGACY_OPTION_NAMES = {"types": "type", "layout": "format", "n_grid": "grid", "shard_mb": "shard_size"}
 
 
 @dataclass
@@ -59,8 +61,9 @@ def matches(manifest: Manifest | None, fmt: str, options: dict, source_spec: str
         return "it has no quantkit.json (not a finished quantkit artifact)"
     if manifest.backend != fmt:
         return f"it holds {manifest.backend or manifest.format}, not {fmt}"
-    if manifest.options != json.loads(json.dumps(options)):
-        diff = sorted(k for k in set(options) | set(manifest.options) if manifest.options.get(k) != options.get(k))
+    made_with = {LEGACY_OPTION_NAMES.get(k, k): v for k, v in manifest.options.items()}
+    if made_with != json.loads(json.dumps(options)):
+        diff = sorted(k for k in set(options) | set(made_with) if made_with.get(k) != options.get(k))
         return f"it was made with other options ({', '.join(diff) or 'options'})"
     if manifest.source.spec != source_spec:
         return f"it was made from {manifest.source.spec}, not {source_spec}"
@@ -186,8 +189,11 @@ def _verify(step: Step, vs, source_spec: str, recipe_dir: Path, show_progress: b
     if eval_text and not Path(eval_text).is_absolute() and (recipe_dir / eval_text).exists():
         eval_text = str((recipe_dir / eval_text).resolve())
     settings = {"eval_text": eval_text, "tokens": vs.tokens, "ctx": vs.ctx, "runtime": vs.runtime}
+    from quantkit.backends.registry import REGISTRY
+
     m = manifests.read(step.folder)
-    files = sorted(step.folder.glob("*.gguf"))
+    targets = REGISTRY[step.spec.format].verify_targets(step.folder, m.to_dict())
+    files = [t for t in targets if t != step.folder]  # a folder of several models (GGUF): its files
     if m.verify_settings == settings:
         per_file = m.verify_files or {}
         kept = ([per_file[f.name].model_copy(update={"artifact": str(f)}) for f in files if f.name in per_file]
@@ -227,7 +233,8 @@ def _row(step: Step, target: dict | None) -> dict:
 
 def line_of(text: str, path: tuple) -> int:
     """The line of the deepest node on `path` (keys and list indexes) in the recipe's YAML text."""
-    return recipes.locate(yaml.compose(text, Loader=yaml.SafeLoader), path)[0]
+    line, _field = recipes.locate(yaml.compose(text, Loader=yaml.SafeLoader), path)
+    return line
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -364,3 +364,29 @@ def test_check_imports_no_torch(tmp_path, tiny):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["artifacts"][0]["format"] == "fp8"
+
+
+def test_artifacts_recorded_with_the_old_option_names_still_match():
+    """Manifests written before the options models recorded `types`, `layout`, `n_grid`, `shard_mb`:
+    a recipe asking for the same options still reuses them."""
+    from quantkit import release
+    from quantkit.manifest import Manifest
+
+    old = Manifest(backend="awq", options={"layout": "awq", "group_size": 128, "samples": 16, "seq_len": 256,
+                                           "calibration": None, "n_grid": 5}, source={"spec": "s"})
+    asked = recipes.OPTION_MODELS["awq"](format="awq", samples=16, seq_len=256, grid=5)
+    assert release.matches(old, "awq", asked.model_dump(mode="json"), "s") is None
+    other = recipes.OPTION_MODELS["awq"](format="awq", samples=16, seq_len=256, grid=6)
+    assert "grid" in release.matches(old, "awq", other.model_dump(mode="json"), "s")
+
+
+def test_gguf_with_imatrix_verifies_its_models_not_the_imatrix(cli, tmp_path, tiny):
+    """imatrix.gguf sits beside the models in the folder: a recipe run scores the models the
+    backend names (verify_targets), not every *.gguf."""
+    text = (f"recipe: 1\nname: rel\nsource: {tiny}\nverify: {{tokens: 1024, ctx: 128}}\nartifacts:\n"
+            "  - format: gguf\n    options: {type: [Q4_K_M], imatrix: true, imatrix_chunks: 2}\n")
+    r = cli("run", write(tmp_path, text), "-o", tmp_path / "rel", "--json", cwd=tmp_path)
+    assert r.code == 0, r.err
+    (art,) = r.json["artifacts"]
+    assert (tmp_path / "rel" / art["name"] / "imatrix.gguf").is_file()
+    assert [Path(x["artifact"]).name for x in art["results"]] == ["tiny-llama-Q4_K_M.gguf"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from quantkit import output
+from quantkit import manifest as manifests, output
 from quantkit.backends.base import CardFacts
 from quantkit.card.facts import backend_for, card_facts
 from quantkit.card.markdown import block, cell, oneline
@@ -69,7 +69,7 @@ def write_card(folder: Path, manifest: dict, repo_id: str | None = None, force: 
     data = render(folder, manifest, repo_id).encode("utf-8")
     output.write_bytes_atomic(path, data)
     manifest["card_sha256"] = hashlib.sha256(data).hexdigest()
-    output.write_json(folder / output.MANIFEST, manifest)
+    manifests.write(folder, manifest)
     return path
 
 

@@ -31,7 +31,7 @@ def command_for(backend):
     def command(**values) -> None:
         from quantkit.pipeline import convert
 
-        options = build(backend.Options, {k: values.pop(k) for k in list(values) if k.startswith("opt_")})
+        options = build(backend.Options, {k: values.pop(k) for k in list(values) if k.startswith("opt_")}, values.pop("ctx"))
         check_eval_text(values["eval_"], values["eval_text"])
         folder, manifest = convert(backend.name, values["model"], values["output"], values["force"], values["allow_pickle"],
                                    show_progress=not values["json_"], notice=notice, options=options, provenance=invocation())
@@ -42,7 +42,7 @@ def command_for(backend):
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
     command.__signature__ = inspect.Signature([
-        param("model", Model), param("output", Output, None), param("force", Force, False),
+        param("ctx", typer.Context), param("model", Model), param("output", Output, None), param("force", Force, False),
         param("allow_pickle", AllowPickle, False), *parameters(backend.Options),
         param("eval_", EvalFlag, False), param("eval_text", EvalText, None), param("eval_tokens", EvalTokens, 8192),
         param("json_", Json, False),

@@ -1,8 +1,9 @@
 """A backend's command line, derived from its options model (quantkit/backends/base.py Options).
 
 Each field becomes one option: `--field-name` (plus the field's `short` flag), its description
-the help, its default the default, a Literal's values the choices shown. Values are checked
-by the model itself, and a bad one is a usage error naming the flag.
+the help, its default the default, a Literal's values the choices shown, its numeric bounds
+click's range. Values are checked by the model itself (ranges by click first), and a bad one is
+a usage error naming the flag.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import types
 import typing
 from typing import Annotated, Any, Literal, Optional
 
-import click
 import typer
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
@@ -35,6 +35,18 @@ def _help(info: FieldInfo) -> str:
     return info.description or ""
 
 
+def _bounds(info: FieldInfo) -> dict:
+    """click's range for a numeric field's inclusive pydantic bounds (so --help shows them); strict
+    bounds (bpw > 0) are left to the model."""
+    out = {}
+    for m in info.metadata:
+        if getattr(m, "ge", None) is not None:
+            out["min"] = m.ge
+        if getattr(m, "le", None) is not None:
+            out["max"] = m.le
+    return out
+
+
 def parameters(model: type[Options]) -> list[inspect.Parameter]:
     """typer parameters for every field of `model`, in the model's order."""
     out = []
@@ -42,15 +54,20 @@ def parameters(model: type[Options]) -> list[inspect.Parameter]:
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         flags = [flag_name(name)] + ([extra["short"]] if extra.get("short") else [])
         kind = _cli_type(info.annotation)
-        if kind is bool:
-            flags = [flags[0]]
-        option = typer.Option(*flags, help=_help(info), show_default=info.default is not None and kind is not bool)
+        shown = {}
+        if typing.get_origin(info.annotation) is Literal:  # the model checks the value; the help lists them
+            shown["metavar"] = "[" + "|".join(map(str, typing.get_args(info.annotation))) + "]"
+        option = typer.Option(*flags, help=_help(info), show_default=info.default is not None and kind is not bool,
+                              **shown, **(_bounds(info) if kind in (int, float) else {}))
         out.append(inspect.Parameter(f"opt_{name}", inspect.Parameter.KEYWORD_ONLY,
                                      default=info.default, annotation=Annotated[kind, option]))
     return out
 
 
-def build(model: type[Options], values: dict) -> Options:
+UsageError = typer.BadParameter.__base__  # typer >= 0.29 raises its own copy of click's UsageError
+
+
+def build(model: type[Options], values: dict, ctx: typer.Context | None = None) -> Options:
     """The options model from parsed flags (`opt_<field>` keys); a bad value is a usage error."""
     given = {k.removeprefix("opt_"): v for k, v in values.items()}
     try:
@@ -58,5 +75,4 @@ def build(model: type[Options], values: dict) -> Options:
     except ValidationError as e:
         err = e.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
-        raise click.UsageError(f"{flag_name(field)} {given.get(field)}: {validation_problem(err)}",
-                               ctx=click.get_current_context(silent=True)) from None
+        raise UsageError(f"{flag_name(field)} {given.get(field)}: {validation_problem(err)}", ctx=ctx) from None

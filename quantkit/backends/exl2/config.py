@@ -15,7 +15,7 @@ def write_config(source: Source, staging: Path, *, bits: float, head_bits: int, 
     """The source's config.json plus exllamav2's quantization_config. Keys exllamav2 reads
     only in their transformers 4 names (rope_theta, rope_scaling) are added when the
     source has only transformers 5's rope_parameters."""
-    from quantkit.backends.gguf.convert import rope
+    from quantkit.arch import rope
 
     cfg = dict(source.config)
     theta, scaling = rope(cfg)
