@@ -10,10 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Callable
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from quantkit.errors import flag_name
 from quantkit.manifest import VerifyResult
 
 Result = VerifyResult | Mapping
+
+
+class Gates(BaseModel):
+    """Verify gates: a recipe's `gates:` and verify's --max-ppl-ratio / --max-kld."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_ppl_ratio: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                        description="fail when PPL(quantized) / PPL(source) exceeds this")
+    max_kld: float | None = Field(None, ge=0, allow_inf_nan=False, description="fail when the mean KL divergence exceeds this")
 
 
 def ppl(value: float, err: float | None = None) -> str:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from quantkit.backends.registry import REGISTRY
 
 from quantkit.errors import InputError, validation_problem
+from quantkit.figures import Gates
 from quantkit.hub_ids import BRANCH, REPO_ID_PATTERN
 
 MAX_RECIPE_BYTES = 1 << 20
@@ -31,11 +32,6 @@ RECIPE_VERSION = 1
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=False, validate_default=True)
-
-
-class Gates(Strict):
-    max_ppl_ratio: float | None = Field(None, gt=0, description="fail when PPL(quantized) / PPL(source) exceeds this")
-    max_kld: float | None = Field(None, ge=0, description="fail when the mean KL divergence exceeds this")
 
 
 class VerifySpec(Strict):
@@ -67,10 +63,6 @@ class PublishSpec(Strict):
 
 
 # --- artifacts: one kind per backend, its options the backend's own model ---------------
-
-# Recipe fields that name input files: resolved against the recipe's folder.
-INPUT_PATH_OPTIONS = ("calibration", "imatrix_file", "measurement")
-
 
 class ArtifactBase(Strict):
     name: str | None = Field(None, pattern=FOLDER_NAME, description="output folder name [default: <model>-<FORMAT>]")
@@ -211,10 +203,12 @@ _PATTERN_HELP = {
 }
 
 
-def option_paths(options: dict, base: Path) -> dict:
-    """Input files named in options, relative to the recipe's folder when they exist there."""
-    out = dict(options)
-    for key in INPUT_PATH_OPTIONS:
+def option_paths(artifact: ArtifactBase, base: Path) -> dict:
+    """The artifact's options, with the input files they name (fields marked `path`) resolved
+    against the recipe's folder when they exist there."""
+    out = artifact.backend_options()
+    fields = type(artifact.options).model_fields
+    for key in (k for k, f in fields.items() if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("path")):
         v = out.get(key)
         if isinstance(v, str) and not Path(v).is_absolute() and (base / v).exists():
             out[key] = str((base / v).resolve())

@@ -44,7 +44,7 @@ def plan(spec: recipes.Recipe, recipe_dir: Path, out: Path, model_name: str) -> 
 
     steps, seen = [], {}
     for i, art in enumerate(spec.artifacts):
-        options = recipes.option_paths(art.backend_options(), recipe_dir)
+        options = recipes.option_paths(art, recipe_dir)
         name = art.name or f"{model_name}-{REGISTRY[art.format](art.options).suffix()}"
         if name in seen:
             raise InputError(f"artifacts[{seen[name]}] and artifacts[{i}] both write {name}; give one a different `name:`")

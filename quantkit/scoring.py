@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 import torch
 
 from quantkit import figures, manifest, output
-from quantkit.errors import InputError, OutputError, QuantkitError
+from quantkit.errors import InputError, OutputError, QuantkitError, flag_name
 from quantkit.loaders import Scorer, load
 from quantkit.manifest import VerifyResult
 from quantkit.progress import CountProgress
@@ -208,9 +209,12 @@ def record(results: list[VerifyResult]) -> list[Path]:
 
 
 def check_gate_values(max_ppl_ratio: float | None, max_kld: float | None) -> None:
-    for flag, value in (("--max-ppl-ratio", max_ppl_ratio), ("--max-kld", max_kld)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise InputError(f"{flag} {value}: give a finite number of at least 0, e.g. 1.05")
+    """The gates given on the command line, checked by the one gates model (figures.Gates)."""
+    try:
+        figures.Gates(max_ppl_ratio=max_ppl_ratio, max_kld=max_kld)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(f"{flag_name(str(err['loc'][0]))} {err['input']}: give a finite number of at least 0, e.g. 1.05") from None
 
 
 def check_gates(results: list[VerifyResult], max_ppl_ratio: float | None, max_kld: float | None) -> None:

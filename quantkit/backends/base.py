@@ -30,14 +30,17 @@ Progress = Callable[[int], None]  # advance by n source bytes
 
 class Options(BaseModel):
     """A backend's options. Field names are the recipe keys; the CLI flag is the name with '-'
-    for '_' (or `json_schema_extra={"flag": ...}`). Each field's description is its help."""
+    for '_', plus `json_schema_extra={"short": "-x"}`. Each field's description is its help.
+    `json_schema_extra={"path": True}` marks a field naming an input file (a recipe resolves it
+    against the recipe's folder)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
 
 def calibration_field():
     """The `calibration` option every calibrated backend takes."""
-    return Field(None, description="Calibration text: a file, or a dataset (path:config:split[:column]) [default: built-in text].")
+    return Field(None, json_schema_extra={"path": True},
+                 description="Calibration text: a file, or a dataset (path:config:split[:column]) [default: built-in text].")
 
 
 @dataclass(kw_only=True)

@@ -45,7 +45,7 @@ class EXL2Options(Options):
     bpw: float = Field(4.125, gt=0, json_schema_extra={"short": "-b"},
                        description="Target bits per weight of the decoder Linears, counted as exllamav2 counts them (scales and indices included).")
     head_bits: int = Field(6, description="Bits of the output head: 2, 3, 4, 5, 6 or 8.")
-    measurement: str | None = Field(None, json_schema_extra={"short": "-m"},
+    measurement: str | None = Field(None, json_schema_extra={"short": "-m", "path": True},
                                     description="Reuse a measurement.json from an earlier run (quantkit's or exllamav2's) and skip measuring.")
     calibration: str | None = calibration_field()
     rows: int = Field(100, ge=1, description="Calibration rows for the quantization pass.")

@@ -39,7 +39,7 @@ class GGUFOptions(Options):
                                   "Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K (IQ* with --engine llamacpp). One pass writes them all.")
     imatrix: bool = Field(False, description="Compute an importance matrix from the calibration text (llama.cpp's "
                                              "semantics) and quantize with it; saved as imatrix.gguf.")
-    imatrix_file: str | None = Field(None, description="Quantize with this imatrix (GGUF imatrix from quantkit or llama-imatrix).")
+    imatrix_file: str | None = Field(None, json_schema_extra={"path": True}, description="Quantize with this imatrix (GGUF imatrix from quantkit or llama-imatrix).")
     imatrix_chunks: int = Field(64, ge=1, description="512-token chunks of calibration text for --imatrix.")
     calibration: str | None = calibration_field()
     engine: Literal["quantkit", "llamacpp"] = Field(

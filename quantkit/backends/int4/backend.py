@@ -31,7 +31,7 @@ LAYOUTS = {
     "gptq": "gptq (AutoGPTQ layout)",
     "awq": "awq (AutoAWQ GEMM layout)",
 }
-Layout = Literal["compressed-tensors", "gptq", "awq"]
+Layout = Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
 
 
 class INT4Options(Options):

@@ -27,7 +27,7 @@ _LEGACY_TRANSFORMERS = ("transformers 5 loads the {desc} layout only through GPT
                         "no longer runs with it. quantkit checked the tensors with {reader}, not with gptqmodel.")
 
 # (method, layout) -> title, what, tags, runtimes
-LAYOUTS: dict[tuple[str, str], dict] = {
+CARD_FACTS: dict[tuple[str, str], dict] = {
     ("gptq", "compressed-tensors"): {
         "title": "INT4 GPTQ (compressed-tensors, pack-quantized)",
         "what": "4-bit symmetric weights (W4A16) with one scale per group of input columns, fitted by GPTQ; "
@@ -84,7 +84,7 @@ class INT4Description:
     def card(cls, manifest: dict) -> CardFacts:
         method = manifest.get("method")
         p = manifest.get("parameters") or {}
-        facts = LAYOUTS.get((method, p.get("layout")))
+        facts = CARD_FACTS.get((method, p.get("layout")))
         summary = _summary(method, p)
         if facts is None:  # a layout this quantkit does not know: the manifest's own name for it
             return CardFacts(title=manifest.get("format", "unknown format"), what=manifest.get("format", ""),

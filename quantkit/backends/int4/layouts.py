@@ -3,7 +3,7 @@
 All three hold the same integers q (0..15 unsigned), zero points z and scales s
 per group of `g` input columns; the dequantized weight is W[o, i] = s[o, G(i)] *
 (q[o, i] - z[o, G(i)]) in every layout. They differ only in how those numbers are
-laid out (table in docs/formats.md; `LAYOUTS` below). The repacking reads
+laid out (table in docs/formats.md; `WRITERS` below). The repacking reads
 compressed-tensors' tensors (unpacked with compressed-tensors' own helper) and
 writes the legacy layout from the same numbers; `read_gptq` / `read_awq` invert
 the writers exactly (`LEGACY_READERS`, used by verify's loader). Why written here: neither
@@ -169,7 +169,7 @@ def read_awq(tensors: dict[str, torch.Tensor], prefix: str, group_size: int) -> 
 class LegacyReader:
     """How to read one legacy layout back: the tensors of a module, the reader, and the
     quantization_config values it reads (key -> accepted values; first key present wins)."""
-    layout: str  # key in LAYOUTS
+    layout: str  # key in backend.LAYOUTS
     library: str  # whose layout it is
     suffixes: tuple[str, ...]  # tensor names of one module, after its prefix
     read: Callable[[dict, str, dict], Module]  # (tensors, prefix, quantization_config)
@@ -217,15 +217,15 @@ def awq_config(params: dict) -> dict:
 
 
 @dataclass
-class Layout:
+class Writer:
     write_module: Callable[[str, Module], dict] | None
     config: Callable[[dict], dict] | None
 
 
-LAYOUTS = {  # names and descriptions: quantkit/backends/int4/backend.py LAYOUTS
-    "compressed-tensors": Layout(None, None),
-    "gptq": Layout(write_gptq, gptq_config),
-    "awq": Layout(write_awq, awq_config),
+WRITERS = {  # layout (backend.LAYOUTS) -> how it is written from compressed-tensors' tensors
+    "compressed-tensors": Writer(None, None),
+    "gptq": Writer(write_gptq, gptq_config),
+    "awq": Writer(write_awq, awq_config),
 }
 
 
@@ -235,7 +235,7 @@ def quantized_prefixes(tensors: dict) -> list[str]:
 
 def repack(folder: Path, layout: str, params: dict) -> None:
     """Rewrite a compressed-tensors pack-quantized folder in place into `layout`."""
-    lay = LAYOUTS[layout]
+    lay = WRITERS[layout]
     if lay.write_module is None:
         return
     weight_map = {}
