@@ -184,13 +184,12 @@ def _publish_target(p, org: str | None) -> dict | None:
 
 def _verify(step: Step, vs, source_spec: str, recipe_dir: Path, show_progress: bool, say, label: str) -> None:
     from quantkit import scoring as v
+    from quantkit.backends.registry import REGISTRY
 
     eval_text = vs.eval_text
     if eval_text and not Path(eval_text).is_absolute() and (recipe_dir / eval_text).exists():
         eval_text = str((recipe_dir / eval_text).resolve())
     settings = {"eval_text": eval_text, "tokens": vs.tokens, "ctx": vs.ctx, "runtime": vs.runtime}
-    from quantkit.backends.registry import REGISTRY
-
     m = manifests.read(step.folder)
     targets = REGISTRY[step.spec.format].verify_targets(step.folder, m.to_dict())
     files = [t for t in targets if t != step.folder]  # a folder of several models (GGUF): its files

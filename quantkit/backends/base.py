@@ -76,6 +76,12 @@ class CardFacts:
     run_note: str = ""  # a paragraph after the run snippets
     verify_note: str = ""  # a paragraph after the verify figures
 
+    @classmethod
+    def unknown(cls, manifest: dict, summary: str = "") -> CardFacts:
+        """Facts for a kind this quantkit does not know: the manifest's own name for it, no runtimes."""
+        return cls(title=manifest.get("format", "unknown format"), what=manifest.get("format", ""),
+                   tags=("quantkit",), library_name=None, summary=summary)
+
 
 class Backend:
     """Base of every backend; see the module docstring."""

@@ -3,29 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quantkit.backends.base import Backend, CardFacts
-
-
-def backend_for(manifest: dict) -> type[Backend] | None:
-    """The backend that wrote the artifact, None for a manifest this quantkit does not know."""
-    from quantkit.backends.registry import for_manifest
-
-    return for_manifest(manifest)
+from quantkit.backends.base import CardFacts
+from quantkit.backends.registry import for_manifest
 
 
 def card_facts(manifest: dict) -> CardFacts:
     """The backend's card facts, or generic ones (the manifest's format string, no runtimes)."""
-    backend = backend_for(manifest)
-    if backend is not None:
-        return backend.card(manifest)
-    return CardFacts(title=manifest.get("format", "unknown format"), what=manifest.get("format", ""),
-                     tags=("quantkit",), library_name=None)
+    backend = for_manifest(manifest)
+    return backend.card(manifest) if backend is not None else CardFacts.unknown(manifest)
 
 
 def verify_files(manifest: dict, name: str) -> list[str]:
     """The files `quantkit verify` scores one by one in a folder that holds several models (its
     targets other than the folder itself), as names inside the folder; [] when it scores the folder."""
-    backend = backend_for(manifest)
+    backend = for_manifest(manifest)
     if backend is None:
         return []
     folder = Path(name)

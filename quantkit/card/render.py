@@ -18,7 +18,8 @@ from pathlib import Path
 
 from quantkit import manifest as manifests, output
 from quantkit.backends.base import CardFacts
-from quantkit.card.facts import backend_for, card_facts
+from quantkit.backends.registry import for_manifest
+from quantkit.card.facts import card_facts
 from quantkit.card.markdown import block, cell, oneline
 from quantkit.card.metadata import card_data
 from quantkit.card.quality import _verify_section
@@ -122,7 +123,7 @@ def _run_section(folder: Path, manifest: dict, fmt: CardFacts, name: str, repo: 
     lines = ["## How to run it", ""]
     if not fmt.runtimes:
         return lines + ["quantkit has no run instructions for this format.", ""]
-    backend = backend_for(manifest)
+    backend = for_manifest(manifest)
     common = common_values(repo, name, read_chat_template(folder) is not None)
     extra = backend.snippet_values(folder, manifest, repo, name) if backend else {}
     rows = backend.snippet_rows(manifest) if backend else []
@@ -175,7 +176,7 @@ def _vram_rows(folder: Path, manifest: dict):
     from quantkit.errors import InputError
     from quantkit.memory import estimate, load_config
 
-    backend = backend_for(manifest)
+    backend = for_manifest(manifest)
     if backend is None:
         if not (folder / "config.json").is_file():
             raise InputError("the folder has no config.json")

@@ -6,14 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from quantkit.manifest import read_dict
-from quantkit.cli.options import build, parameters
 from quantkit.cli.common import AllowPickle, Force, Json, Model, Output, emit_json, human_bytes, invocation, kv_table, notice, stdout
+from quantkit.cli.options import build, parameters
+from quantkit.manifest import read_dict
 
 EvalFlag = Annotated[bool, typer.Option("--eval", help="Afterwards, run `quantkit verify` on the result (PPL, KLD, top-1 agreement against the source).")]
 EvalText = Annotated[Optional[str], typer.Option("--eval-text", help="Evaluation text file or dataset [default: built-in text].")]
 EvalTokens = Annotated[int, typer.Option("--eval-tokens", help="Tokens of evaluation text to use.", min=1024)]
-
 
 
 def register(app: typer.Typer) -> None:
@@ -62,13 +61,13 @@ def check_eval_text(eval_: bool, eval_text) -> None:
             raise InputError(f"--eval-text: {described} is empty; pass a text of at least a few thousand words")
 
 
-def finish(folder, manifest: dict, json_: bool, eval_: bool, eval_text, eval_tokens: int, targets=None) -> None:
-    """After a conversion: verify it when asked (the folder, or `targets` in it; results go into
-    quantkit.json), then show it."""
+def finish(folder, manifest: dict, json_: bool, eval_: bool, eval_text, eval_tokens: int, targets: list) -> None:
+    """After a conversion: verify it when asked (`targets`, what the backend says verify scores in
+    the folder; results go into quantkit.json), then show it."""
     if eval_:
         from quantkit import scoring
 
-        scoring.record(scoring.verify(targets or [folder], None, eval_text, 512, eval_tokens, show_progress=not json_))
+        scoring.record(scoring.verify(targets, None, eval_text, 512, eval_tokens, show_progress=not json_))
         manifest = read_dict(folder)
     show_artifact(folder, manifest, json_)
 

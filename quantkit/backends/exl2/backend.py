@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
     from quantkit.source import Source
 
-    
 
 class EXL2Options(Options):
     bpw: float = Field(4.125, gt=0, json_schema_extra={"short": "-b"},

@@ -86,9 +86,8 @@ class INT4Description:
         p = manifest.get("parameters") or {}
         facts = CARD_FACTS.get((method, p.get("layout")))
         summary = _summary(method, p)
-        if facts is None:  # a layout this quantkit does not know: the manifest's own name for it
-            return CardFacts(title=manifest.get("format", "unknown format"), what=manifest.get("format", ""),
-                             tags=("quantkit",), library_name=None, summary=summary)
+        if facts is None:  # a layout this quantkit does not know
+            return CardFacts.unknown(manifest, summary)
         return CardFacts(**facts, library_name="transformers", memory_note=VLLM_MEMORY_NOTE,
                          local_note=HF_LOCAL_NOTE, summary=summary)
 
