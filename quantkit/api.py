@@ -61,7 +61,8 @@ def convert(model: str, options: Options | str, output: str | Path | None = None
 
 def verify(artifacts: list[str | Path] | str | Path, source: str | Path | None = None, *, eval_text: str | None = None,
            ctx: int = 512, tokens: int = 8192, runtime: str = "transformers", record: bool = True,
-           allow_pickle: bool = False, progress: bool = False, notice: Notice = _quiet) -> list[dict]:
+           allow_pickle: bool = False, progress: bool = False, notice: Notice = _quiet,
+           device: str = "auto") -> list[dict]:
     """Score each artifact (a folder, or a .gguf file) against its source (default: the one its
     quantkit.json names): perplexity, KL divergence and top-1 agreement on the same windows.
     With `record`, the figures go into each artifact's quantkit.json and card, as the CLI does."""
@@ -69,7 +70,8 @@ def verify(artifacts: list[str | Path] | str | Path, source: str | Path | None =
 
     items = [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
     results = scoring.verify([Path(a) for a in items], Path(source) if source is not None else None, eval_text, ctx,
-                             tokens, show_progress=progress, runtime=runtime, allow_pickle=allow_pickle, notice=notice)
+                             tokens, show_progress=progress, runtime=runtime, allow_pickle=allow_pickle, notice=notice,
+                             device=device)
     if record:
         scoring.record(results)
     return [r.to_dict() for r in results]

@@ -1,11 +1,12 @@
-"""The loader registry verify uses: any artifact quantkit reads -> a model that gives logits.
+"""Whole-model scorers: any artifact quantkit reads -> a model that gives logits, loaded at once.
 
-Each entry detects its format from the path and loads a `Scorer`; a new format
-adds one function and one line in LOADERS. EXL2 (exllamav2 is CUDA-only) is
-dequantized on CPU exactly as exllamav2's reconstruct kernel does and run in
-transformers; the legacy INT4 layouts (AutoGPTQ, AutoAWQ GEMM), which transformers 5
-loads only through optimum/gptqmodel, follow the same pattern (quantkit/backends/int4/layouts.py
-reads them back).
+verify streams every transformers-run model one decoder layer at a time (quantkit/streaming);
+what remains here is (1) llama.cpp's own runtime for GGUF (`--runtime llamacpp`: a child process
+that maps the file itself), (2) the checks every artifact gets before anything loads, and (3) the
+in-memory transformers loaders verify used before streaming, kept as the independent reference the
+streamed figures are tested against (tests/test_streaming.py). EXL2 (exllamav2 is CUDA-only) is
+dequantized on CPU exactly as exllamav2's reconstruct kernel does and run in transformers; the
+legacy INT4 layouts (AutoGPTQ, AutoAWQ GEMM) are read back by quantkit/backends/int4/layouts.py.
 """
 from __future__ import annotations
 

@@ -113,16 +113,13 @@ def run(recipe_path: Path, out: Path | None = None, force: bool = False, publish
                     line = line_of(text, ("artifacts", i, "options") + ((e.field,) if e.field else ()))
                     raise InputError(e.in_recipe(f"{recipe_path.name}:{line}: artifacts[{i}].options")) from None
                 step.status = "built"
-            if step.spec.verify:
-                _verify(step, spec.verify, source_spec, recipe_dir, show_progress, say, label)
-                _gate(step)
-            else:
-                step.verify = "off"
             step.wall_s = round(time.perf_counter() - t0, 3)
+        _verify_all(steps, spec.verify, source_spec, recipe_dir, show_progress, say)
+        for step in steps:
             if step.gate_failures:
                 step.status = "failed gate"
                 raise v.GateFailed(f"gate failed for {step.folder.name}: " + "; ".join(step.gate_failures)
-                                   + "; the release stopped here (report in " + str(out / REPORT_MD) + ")")
+                                   + "; nothing was published (report in " + str(out / REPORT_MD) + ")")
         if publish:
             from quantkit import upload as pub
 
@@ -182,7 +179,9 @@ def _publish_target(p, org: str | None) -> dict | None:
     return {"repo": repo, "private": p.private, "revision": p.revision}
 
 
-def _verify(step: Step, vs, source_spec: str, recipe_dir: Path, show_progress: bool, say, label: str) -> None:
+def _verify_all(steps: list[Step], vs, source_spec: str, recipe_dir: Path, show_progress: bool, say) -> None:
+    """Every artifact that verifies, in one streamed pass (the source is run once for all of them);
+    figures already measured with the same settings are reused. Then each artifact's gates."""
     from quantkit import scoring as v
     from quantkit.backends.registry import REGISTRY
 
@@ -190,24 +189,37 @@ def _verify(step: Step, vs, source_spec: str, recipe_dir: Path, show_progress: b
     if eval_text and not Path(eval_text).is_absolute() and (recipe_dir / eval_text).exists():
         eval_text = str((recipe_dir / eval_text).resolve())
     settings = {"eval_text": eval_text, "tokens": vs.tokens, "ctx": vs.ctx, "runtime": vs.runtime}
-    m = manifests.read(step.folder)
-    targets = REGISTRY[step.spec.format].verify_targets(step.folder, m.to_dict())
-    files = [t for t in targets if t != step.folder]  # a folder of several models (GGUF): its files
-    if m.verify_settings == settings:
-        per_file = m.verify_files or {}
-        kept = ([per_file[f.name].model_copy(update={"artifact": str(f)}) for f in files if f.name in per_file]
-                if files else ([m.verify.model_copy(update={"artifact": str(step.folder)})] if m.verify else []))
-        if kept and len(kept) == max(len(files), 1):
-            step.results, step.verify = kept, "reused"
-            return
-    say(f"{label}: verifying against {source_spec}")
-    step.results = v.verify(files or [step.folder], source_spec, eval_text, vs.ctx, vs.tokens,
-                            show_progress=show_progress, runtime=vs.runtime)
-    v.record(step.results)
-    m = manifests.read(step.folder)
-    m.verify_settings = settings
-    manifests.write(step.folder, m)
-    step.verify = "measured"
+    todo: dict[int, list[Path]] = {}
+    for step in steps:
+        if not step.spec.verify:
+            step.verify = "off"
+            continue
+        m = manifests.read(step.folder)
+        targets = REGISTRY[step.spec.format].verify_targets(step.folder, m.to_dict())
+        files = [t for t in targets if t != step.folder]  # a folder of several models (GGUF): its files
+        if m.verify_settings == settings:
+            per_file = m.verify_files or {}
+            kept = ([per_file[f.name].model_copy(update={"artifact": str(f)}) for f in files if f.name in per_file]
+                    if files else ([m.verify.model_copy(update={"artifact": str(step.folder)})] if m.verify else []))
+            if kept and len(kept) == max(len(files), 1):
+                step.results, step.verify = kept, "reused"
+                continue
+        todo[id(step)] = files or [step.folder]
+    if todo:
+        measured = [s for s in steps if id(s) in todo]
+        say(f"verifying {', '.join(s.folder.name for s in measured)} against {source_spec}, in one pass")
+        results = v.verify([p for s in measured for p in todo[id(s)]], source_spec, eval_text, vs.ctx, vs.tokens,
+                           show_progress=show_progress, runtime=vs.runtime)
+        for step in measured:
+            step.results, results = results[:len(todo[id(step)])], results[len(todo[id(step)]):]
+            v.record(step.results)
+            m = manifests.read(step.folder)
+            m.verify_settings = settings
+            manifests.write(step.folder, m)
+            step.verify = "measured"
+    for step in steps:
+        if step.spec.verify:
+            _gate(step)
 
 
 def _gate(step: Step) -> None:

@@ -23,7 +23,6 @@ import torch
 
 from quantkit import figures, manifest, output
 from quantkit.errors import InputError, OutputError, QuantkitError, flag_name
-from quantkit.loaders import Scorer, load
 from quantkit.manifest import VerifyResult
 from quantkit.progress import CountProgress
 from quantkit.text import load_text
@@ -88,23 +87,113 @@ def _summary(src_nll: np.ndarray, t: Tally) -> dict:
     }
 
 
+@dataclass
+class _Scored:
+    """One model verify scores: streamed layer by layer (`model`), or a whole runtime (`whole`: llama.cpp)."""
+    path: Path
+    format: str
+    size_bytes: int
+    activations: str
+    vocab_size: int
+    runtime: str
+    model: object = None  # streaming.LayerModel
+    whole: object = None  # loaders.Scorer
+    states: object = None  # streaming.States of this model's hidden states
+
+
+def _open(path: Path, runtime: str, device) -> _Scored:
+    from quantkit import loaders, streaming
+
+    if runtime != "transformers" and loaders._is_gguf(path):
+        w = loaders.load(path, runtime)
+        return _Scored(w.path, w.format, w.size_bytes, w.activations, w.vocab_size, w.runtime, whole=w)
+    target = loaders._one_gguf(path) if loaders._is_gguf(path) else path
+    m = streaming.open_model(target, device)
+    return _Scored(target, m.weights.format, m.weights.size_bytes, m.weights.activations, m.vocab_size,
+                   f"transformers modules one decoder layer at a time on {device.type}, float32 compute"
+                   + (f", {torch.get_num_threads()} torch threads" if device.type == "cpu" else ""), model=m)
+
+
+def _run_layers(models: list[_Scored], chunks: list[list[int]], device, step) -> None:
+    """Every streamed model through all its layers, in lockstep: layer i of each, then layer i+1.
+    Only one layer's weights are in memory; each model's hidden states of all windows are kept."""
+    from quantkit import streaming
+
+    streamed = [m for m in models if m.model is not None]
+    if not streamed:
+        return
+    ids = torch.tensor(chunks)
+    hidden = streamed[0].model.config.hidden_size
+    for m in streamed:
+        m.states = streaming.States(len(chunks), (1, ids.shape[1], hidden), device=device)
+        embedded = m.model.embed(ids)
+        for w in range(len(chunks)):
+            m.states[w] = embedded[w][None]
+        del embedded
+    pos = streamed[0].model.positions(ids.shape[1])
+    layers = {m.model.num_layers for m in streamed}
+    if len(layers) != 1:
+        raise InputError(f"the models have {sorted(layers)} layers; verify artifacts of one source together")
+    with torch.inference_mode():
+        for i in range(layers.pop()):
+            for m in streamed:
+                with m.model.layer(i) as layer:
+                    for group in _batches(len(chunks), ids.shape[1]):
+                        out = streaming.layer_forward(layer, torch.cat([m.states[w] for w in group]), pos)
+                        for w, x in zip(group, out.split(1)):
+                            m.states[w] = x
+                step()
+
+
+def _batches(n: int, ctx: int, rows: int = 2048) -> list[range]:
+    """Windows run together through a layer: about `rows` tokens a forward (fewer, larger matmuls)."""
+    size = max(1, rows // ctx)
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class _Head:
+    """A streamed model's final norm and head, held while its windows' logits are computed."""
+
+    def __init__(self, m: _Scored):
+        self.m = m
+        if m.model is not None:
+            self.norm = m.model.final_norm()
+            self.weight = m.model.head_weight()
+            self.hook = m.model.head_hook()
+
+    def logits(self, w: int, c: list[int]) -> torch.Tensor:
+        if self.m.whole is not None:
+            return self.m.whole.logits(c)
+        with torch.inference_mode():
+            x = self.norm(self.m.states[w])[0]
+            if self.hook is not None:
+                x = self.hook(None, (x,))[0]
+            return torch.nn.functional.linear(x, self.weight).float()
+
+
 def verify(quants: list[Path], source: Path | None, eval_text: str | None = None, ctx: int = 512,
            max_tokens: int | None = 8192, show_progress: bool = False, runtime: str = "transformers",
-           allow_pickle: bool = False, notice=lambda msg: None) -> list[VerifyResult]:
+           allow_pickle: bool = False, notice=lambda msg: None, device: str = "auto") -> list[VerifyResult]:
     """Score each artifact against the source; returns one result per artifact.
-    Source and artifacts are checked before any model is loaded (quantkit/loaders.check)."""
+    Source and artifacts are checked before any model is loaded (quantkit/loaders.check). All models
+    stream one decoder layer at a time in lockstep (quantkit/streaming); the source is run once
+    for any number of artifacts, and its log-probabilities at the head are kept (on disk above the
+    states budget) while each artifact's head is run in turn."""
     from transformers import AutoTokenizer
 
-    from quantkit.loaders import check
+    from quantkit import loaders, streaming
     from quantkit.source import resolve
 
     quants = [Path(q) for q in quants]
     for q in quants:
-        check(q, allow_pickle)
+        loaders.check(q, allow_pickle)
+    if runtime not in loaders.GGUF_RUNTIMES:
+        raise InputError(f"--runtime {runtime}: choose {' or '.join(loaders.GGUF_RUNTIMES)}")
     if source is None:
         source = _source_from_manifest(quants[0])
     if ctx < 16 or ctx % 2:
         raise InputError(f"--ctx {ctx}: use an even window of at least 16 tokens, e.g. 512")
+    dev = streaming.device(device)
     text, described = load_text(eval_text, "evaluation")
     src = resolve(str(source), allow_pickle=allow_pickle)  # the same checks as a conversion source
     for q in quants:
@@ -115,23 +204,45 @@ def verify(quants: list[Path], source: Path | None, eval_text: str | None = None
     chunks = windows(tokenize(tok, text, max_tokens), ctx, tok.bos_token_id)
     if not chunks:
         raise InputError(f"the evaluation text gives fewer than {ctx} tokens; pass a longer --eval-text or a larger --tokens")
-    src_model = load(src.path, allow_pickle=allow_pickle)
-    models: list[Scorer] = [load(q, runtime, allow_pickle) for q in quants]
+    src_model = streaming.from_source(src, dev)
+    reference = _Scored(src.path, "source", src.weight_bytes, "", src_model.vocab_size, "", model=src_model)
+    models = [_open(q, runtime, dev) for q in quants]
     for q, m in zip(quants, models):
-        if m.vocab_size != src_model.vocab_size:
-            raise InputError(f"{q} has a vocabulary of {m.vocab_size}, the source {src_model.vocab_size}; verify it against its own source")
+        if m.vocab_size != reference.vocab_size:
+            raise InputError(f"{q} has a vocabulary of {m.vocab_size}, the source {reference.vocab_size}; verify it against its own source")
+    everyone = [reference, *models]
+    n_layers = src_model.num_layers
+    streamed = sum(m.model is not None for m in everyone)
+    first = ctx // 2
     tallies = [Tally() for _ in models]
     src_nll = []
-    first = ctx // 2
-    with CountProgress(f"scoring {len(chunks)} windows x {1 + len(models)} models", len(chunks), show_progress) as bar:
-        for c in chunks:
-            target = torch.tensor(c[first + 1 :])
-            logp_src = torch.log_softmax(src_model.logits(c)[first:-1], dim=-1)
-            src_nll.append(-logp_src.gather(1, target[:, None])[:, 0].double().numpy())
-            for m, t in zip(models, tallies):
-                logp_q = torch.log_softmax(m.logits(c)[first:-1], dim=-1)
-                t.add_window(logp_src, logp_q, target)
-            bar.advance()
+    total = n_layers * streamed + len(chunks) * len(everyone)
+    try:
+        with CountProgress(f"scoring {len(chunks)} windows x {len(everyone)} models, layer by layer", total,
+                           show_progress) as bar:
+            _run_layers(everyone, chunks, dev, lambda: bar.advance())
+            scored = len(chunks[0]) - first - 1
+            with streaming.States(len(chunks), (scored, reference.vocab_size)) as logp_src:
+                head = _Head(reference)
+                for w, c in enumerate(chunks):
+                    target = torch.tensor(c[first + 1 :])
+                    lp = torch.log_softmax(head.logits(w, c)[first:-1].cpu(), dim=-1)
+                    src_nll.append(-lp.gather(1, target[:, None])[:, 0].double().numpy())
+                    logp_src[w] = lp
+                    bar.advance()
+                del head
+                for m, t in zip(models, tallies):
+                    head = _Head(m)
+                    for w, c in enumerate(chunks):
+                        target = torch.tensor(c[first + 1 :])
+                        lq = torch.log_softmax(head.logits(w, c)[first:-1].cpu(), dim=-1)
+                        t.add_window(logp_src[w], lq, target)
+                        bar.advance()
+                    del head
+    finally:
+        for m in everyone:
+            if m.states is not None:
+                m.states.close()
     src_nll_all = np.concatenate(src_nll)
     results = []
     for q, m, t in zip(quants, models, tallies):

@@ -313,3 +313,27 @@ def test_smollm2_4bpw_beats_round_to_nearest_4bit_on_kld(smollm2, smol_exl2, cli
     assert v.code == 0, v.err
     exl2, baseline = v.json
     assert exl2["kld_mean"] < baseline["kld_mean"], (exl2["kld_mean"], baseline["kld_mean"])
+
+
+def test_a_killed_measurement_resumes_at_its_layer(tiny, tmp_path, monkeypatch):
+    """Killed after its first layer, the measurement starts again at the second and gives the same table."""
+    from quantkit.backends.exl2.measure import measure
+    from quantkit.source import resolve
+    from quantkit.streaming import Checkpoint, from_source
+
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path))
+    model = from_source(resolve(str(tiny)), torch.device("cpu"))
+    ids = torch.randint(0, model.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    whole = measure(model, ids, lambda: None)
+    checkpoint = Checkpoint("exl2-measurement", {"test": 1})
+
+    def killed():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        measure(model, ids, killed, checkpoint)
+    assert (checkpoint.folder / "latest").read_text() == "step-1"
+    steps = []
+    assert measure(model, ids, lambda: steps.append(1), checkpoint) == whole
+    assert len(steps) == model.num_layers
+    assert not checkpoint.folder.exists()

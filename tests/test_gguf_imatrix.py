@@ -39,7 +39,7 @@ def tiny_imx(tiny, text_file):
     done = []
     imx = imatrix.compute(tiny, imatrix.Calibration.load(str(text_file)), CHUNKS, ctx=CTX, progress=done.append,
                           process_output=True)
-    assert sum(done) == CHUNKS
+    assert sum(done) == json.loads((tiny / "config.json").read_text())["num_hidden_layers"]  # one step a layer
     return imx
 
 
@@ -527,3 +527,23 @@ def _same_input(a: str, b: str) -> bool:
     groups = [{"attn_q", "attn_k", "attn_v"}, {"ffn_gate", "ffn_up"}]
     ra, rb = a.split(".")[2], b.split(".")[2]
     return any(ra in g and rb in g for g in groups)
+
+
+def test_a_killed_run_resumes_at_its_layer(tiny, text_file, tiny_imx, monkeypatch, tmp_path):
+    """Killed after its first layer, the pass starts again at the second and gives the same file."""
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path))
+    calibration = imatrix.Calibration.load(str(text_file))
+
+    def killed(n):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        imatrix.compute(tiny, calibration, CHUNKS, ctx=CTX, progress=killed, process_output=True)
+    assert len(list((tmp_path / "resume" / "imatrix").iterdir())) == 1
+    done = []
+    imx = imatrix.compute(tiny, calibration, CHUNKS, ctx=CTX, progress=done.append, process_output=True)
+    assert done[0] == 1 and sum(done) == json.loads((tiny / "config.json").read_text())["num_hidden_layers"]
+    assert sorted(imx.entries) == sorted(tiny_imx.entries)
+    for name, e in tiny_imx.entries.items():
+        assert np.array_equal(imx.entries[name].sums, e.sums) and np.array_equal(imx.entries[name].counts, e.counts)
+    assert not list((tmp_path / "resume" / "imatrix").iterdir())  # a finished pass leaves nothing

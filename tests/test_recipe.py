@@ -241,7 +241,8 @@ def test_changed_options_need_force(tiny_release, cli, tmp_path):
     assert [a["status"] for a in r.json["artifacts"]] == ["reused", "reused", "built"]  # only the changed one
 
 
-def test_failed_gate_stops_the_release(cli, tmp_path, tiny):
+def test_failed_gate_stops_the_release_before_publishing(cli, tmp_path, tiny):
+    """All artifacts are built, then verified in one pass; a gate that fails stops the release there."""
     text = TINY_RECIPE.format(source=tiny).replace(
         "  - format: gguf\n", "    gates: {max_kld: 0.0000001}\n  - format: gguf\n")
     r = cli("run", write(tmp_path, text), "-o", tmp_path / "rel", cwd=tmp_path)
@@ -252,8 +253,8 @@ def test_failed_gate_stops_the_release(cli, tmp_path, tiny):
     rel = tmp_path / "rel"
     report = json.loads((rel / "release.json").read_text())
     assert report["status"] == "failed"
-    assert [a["status"] for a in report["artifacts"]] == ["failed gate", "pending", "pending"]
-    assert not (rel / "tiny-llama-GGUF").exists() and not (rel / "tiny-gptq").exists()
+    assert [a["status"] for a in report["artifacts"]] == ["failed gate", "built", "built"]
+    assert all(a["verify"] == "measured" for a in report["artifacts"])  # one pass scored all three
     assert "failed gate" in (rel / "release.md").read_text()
 
 

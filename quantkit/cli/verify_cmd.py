@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         chart: Annotated[Optional[Path], typer.Option("--chart", help="Write a PNG of size against PPL ratio and KLD [default with several artifacts: verify-chart.png].")] = None,
         record: Annotated[bool, typer.Option("--record/--no-record", help="Write the results into each artifact's quantkit.json.")] = True,
         runtime: Annotated[str, typer.Option("--runtime", help="Where GGUF artifacts run: transformers (dequantized, float32) | llamacpp (llama.cpp's own kernels; needs quantkit[llamacpp]).")] = "transformers",
+        device: Annotated[str, typer.Option("--device", help="Where the layers run: auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N.")] = "auto",
         allow_pickle: AllowPickle = False,
         json_: Json = False,
     ) -> None:
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
         if chart is not None:  # before minutes of scoring, not after
             chart = output.check_file_target(chart, "--chart")
         results = v.verify(artifacts, source, eval_text, ctx, tokens or None, show_progress=not json_, runtime=runtime,
-                           allow_pickle=allow_pickle, notice=notice)
+                           allow_pickle=allow_pickle, notice=notice, device=device)
         if chart is not None:
             v.chart(results, chart)
         if json_:

@@ -102,7 +102,7 @@ class EXL2(EXL2Description, Backend):
         """Linear sizes, the bpw target and a reused measurement against this model; the calibration rows."""
         import torch
 
-        from quantkit.backends.exl2.model import device
+        from quantkit.streaming import device
         from quantkit.text import load_text, token_rows
 
         o = self.options

@@ -1,6 +1,7 @@
 """`run` of the exl2 backend: measure (unless reused), choose the mixes, quantize, write the folder."""
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from quantkit.backends.exl2.config import FORMAT, write_config
 from quantkit.backends.exl2.layout import tensor_plan
 from quantkit.backends.exl2.measure import measure
 from quantkit.backends.exl2.measurement_file import MEASUREMENT, write_measurement
-from quantkit.backends.exl2.model import SourceModel
+from quantkit.streaming import Checkpoint, from_source, source_key
 from quantkit.backends.exl2.qparams import HEAD_OPTIONS
 from quantkit.backends.exl2.quantize_pass import quantize
 from quantkit.backends.exl2.shards import ShardWriter
@@ -27,14 +28,17 @@ def convert(plan: EXL2Plan, options: EXL2Options, staging: Path, progress: Progr
     """Write output*.safetensors, config.json and measurement.json into staging."""
     source = plan.source
     t0 = time.perf_counter()
-    model = SourceModel(source, torch.device(plan.device))
+    model = from_source(source, torch.device(plan.device))
     layers = model.num_layers
     steps = layers * (1 if plan.measurement else 2) + 1
     per_step = source.weight_bytes // steps
     timings = {}
     measurement = plan.measurement
     if measurement is None:
-        measurement = measure(model, plan.measurement_ids, lambda: progress(per_step))
+        checkpoint = Checkpoint("exl2-measurement", {
+            "source": source_key(source.path), "ids": hashlib.sha256(plan.measurement_ids.numpy().tobytes()).hexdigest(),
+            "device": plan.device, "version": 1})
+        measurement = measure(model, plan.measurement_ids, lambda: progress(per_step), checkpoint)
         timings["measure_s"] = round(time.perf_counter() - t0, 3)
     write_measurement(staging / MEASUREMENT, measurement, layers)
     strategy = choose(measurement, plan.shapes, options.bpw, plan.objective)

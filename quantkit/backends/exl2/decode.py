@@ -79,20 +79,25 @@ def read_exl2(folder: Path, out_features: Mapping[str, int] | None = None) -> It
         if name not in owned:
             yield name, get(name)
     for key in sorted(keys):
-        t = {n: get(f"{key}.{n}") for n in (*Q_NAMES, "bias") if f"{key}.{n}" in where and n != "q_perm"}
-        in_f = t["q_invperm"].numel() if "q_invperm" in t else 0
-        if out_features and key in out_features:
-            out_f = out_features[key]
-        elif "bias" in t:
-            out_f = t["bias"].numel()
-        else:
-            out_f = t["q_weight"].shape[1]
-        bad = pack.invariants(t, in_f, out_f)
-        if bad:
-            raise InputError(f"{key}: not a valid EXL2 layer ({'; '.join(bad)})")
-        yield f"{key}.weight", pack.reconstruct(t, in_f, out_f)
-        if "bias" in t:
-            yield f"{key}.bias", t["bias"]
+        yield f"{key}.weight", module_weight(get, where, key, (out_features or {}).get(key))
+        if f"{key}.bias" in where:
+            yield f"{key}.bias", get(f"{key}.bias")
+
+
+def module_weight(get, names, key: str, out_f: int | None = None) -> torch.Tensor:
+    """One quantized module's float16 weight, from its `<key>.q_*` tensors (get(name) reads one).
+    out_f: its output features when columns were padded to 32 (bias length, else q_weight columns, by default)."""
+    t = {n: get(f"{key}.{n}") for n in (*Q_NAMES, "bias") if f"{key}.{n}" in names and n != "q_perm"}
+    for n, x in t.items():
+        if x.dtype not in LOADER_DTYPES:
+            raise InputError(f"{key}.{n} is {x.dtype}; exllamav2 reads only I32, I16, F16, BF16 and F32 tensors")
+    in_f = t["q_invperm"].numel() if "q_invperm" in t else 0
+    if out_f is None:
+        out_f = t["bias"].numel() if "bias" in t else t["q_weight"].shape[1]
+    bad = pack.invariants(t, in_f, out_f)
+    if bad:
+        raise InputError(f"{key}: not a valid EXL2 layer ({'; '.join(bad)})")
+    return pack.reconstruct(t, in_f, out_f)
 
 
 def dequantized_state_dict(folder: Path, out_features: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from quantkit.backends.exl2.model import block_forward, linears, watch_inputs
+from quantkit.streaming import block_forward, linears, watch_inputs
 from quantkit.backends.exl2.quant import Hessian
 
 # Which Linear's input feeds which Hessian, and which Linears share it (exllamav2's reuse_h).

@@ -19,7 +19,7 @@ def linear_plan(key: str, out: int, inp: int, qp: QParams, bias: bool) -> list[P
 
 
 def tensor_plan(model, mixes: dict[str, dict[str, QParams]], head_qp: QParams) -> list[PlannedTensor]:
-    """Every output tensor of `model` (a SourceModel) quantized with `mixes`, in exllamav2's compile order."""
+    """Every output tensor of `model` (a streaming.LayerModel) quantized with `mixes`, in exllamav2's compile order."""
     h = model.config.hidden_size
     plan = [PlannedTensor("model.embed_tokens.weight", "F16", (model.config.vocab_size, h))]
     for i in range(model.num_layers):
@@ -28,7 +28,7 @@ def tensor_plan(model, mixes: dict[str, dict[str, QParams]], head_qp: QParams) -
             plan.append(PlannedTensor(f"{prefix}.{norm}.weight", "F16", (h,)))
             for n, qp in mixes[f"{prefix}.{block}"].items():
                 key = f"{prefix}.{block}.{n}"
-                out, inp = model.where[key + ".weight"].tensors[key + ".weight"].shape
+                out, inp = model.shape(key + ".weight")
                 plan += linear_plan(key, out, inp, qp, model.has(key + ".bias"))
     plan.append(PlannedTensor("model.norm.weight", "F16", (h,)))
     plan += linear_plan("lm_head", model.config.vocab_size, h, head_qp, False)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from quantkit.backends.exl2.hessians import HESSIAN_OF, block_hessians
-from quantkit.backends.exl2.model import SourceModel, block_forward, linears, swapped_weights
+from quantkit.streaming import LayerModel, block_forward, linears, swapped_weights
 from quantkit.backends.exl2.qparams import unique_per_linear
 from quantkit.backends.exl2.quant import gptq, prepare
 from quantkit.backends.exl2.shapes import BLOCKS
@@ -29,12 +29,21 @@ def _relative_errors(layer, block: str, states, targets, pos) -> tuple[float, fl
     return out / len(states), delta / len(states)
 
 
-def measure(model: SourceModel, ids: torch.Tensor, step: Callable[[], None]) -> dict:
-    """exllamav2's measurement table: per block key, one option per candidate; `step` after each layer."""
-    states = [model.embed(r[None]) for r in ids]
+def measure(model: LayerModel, ids: torch.Tensor, step: Callable[[], None], checkpoint=None) -> dict:
+    """exllamav2's measurement table: per block key, one option per candidate; `step` after each layer.
+    checkpoint (streaming.Checkpoint): the table and hidden states are saved there after each layer, and
+    a killed run's are taken up at its next layer."""
+    states = list(model.embed(ids)[:, None])
     pos = model.positions(ids.shape[1])
-    result = {}
-    for i in range(model.num_layers):
+    result, start = {}, 0
+    got = checkpoint.load() if checkpoint is not None else None
+    if got is not None and got[3].shape == (len(states), *states[0].shape):
+        start, meta, _, saved = got
+        result = meta["result"]
+        states = [torch.from_numpy(saved[w].copy()).to(model.device) for w in range(len(states))]
+        for _ in range(start):
+            step()
+    for i in range(start, model.num_layers):
         with model.layer(i) as layer:
             for block, cands in BLOCKS.items():
                 targets, hess = block_hessians(layer, block, states, pos, model.device)
@@ -60,5 +69,9 @@ def measure(model: SourceModel, ids: torch.Tensor, step: Callable[[], None]) -> 
                     opts.append(opt)
                 result[f"model.layers.{i}.{block}"] = opts
                 states = targets
+        if checkpoint is not None and i + 1 < model.num_layers:
+            checkpoint.save(i + 1, {"result": result}, {}, states)
         step()
+    if checkpoint is not None:
+        checkpoint.clear()
     return result

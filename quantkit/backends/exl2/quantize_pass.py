@@ -8,13 +8,13 @@ import torch
 
 from quantkit.backends.exl2.hessians import HESSIAN_OF, block_hessians
 from quantkit.backends.exl2.layout import BLOCK_NORMS, write_linear
-from quantkit.backends.exl2.model import SourceModel, block_forward, linears
+from quantkit.streaming import LayerModel, block_forward, linears
 from quantkit.backends.exl2.qparams import QParams
 from quantkit.backends.exl2.quant import Hessian, gptq, prepare
 from quantkit.backends.exl2.shards import ShardWriter
 
 
-def quantize(model: SourceModel, ids: torch.Tensor, mixes: dict[str, dict[str, QParams]], head_qp: QParams,
+def quantize(model: LayerModel, ids: torch.Tensor, mixes: dict[str, dict[str, QParams]], head_qp: QParams,
              writer: ShardWriter, step: Callable[[], None]) -> dict[str, float]:
     """Quantize and write the whole model; `step` after each layer. Returns each block's rfn error."""
     emb_name = "model.embed_tokens.weight"

@@ -13,7 +13,8 @@ its own from position 0, and every token of the chunk is collected (but see
 collected_positions). At least 2*ctx tokens are needed; at most len(tokens) // ctx chunks are
 used. imatrix.chunk_count is the largest count // ctx.
 
-Here the same statistics come from the Hugging Face model in float32 on CPU: forward pre-hooks
+Here the same statistics come from the Hugging Face modules in float32, one decoder layer at a time
+(quantkit/streaming, on CUDA when there is one): forward pre-hooks
 on each nn.Linear see the same inputs llama.cpp's mul_mat gets (q/k are permuted by their rows
 for GGUF, which leaves input-column statistics unchanged).
 
@@ -25,6 +26,7 @@ matrix, or 1.0 for a matrix whose count is 0.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -192,18 +194,20 @@ def _name_map(config):
 
 def compute(model_dir: Path, calibration: Calibration, chunks: int | None, ctx: int = 512,
             progress: Callable[[int], None] | None = None, *, process_output: bool = False,
-            bos: Bos | None = None) -> Imatrix:
+            bos: Bos | None = None, device: str = "auto") -> Imatrix:
     """llama-imatrix's statistics for a Hugging Face checkpoint, over `chunks` chunks of `ctx`
     tokens of the calibration text. chunks None or negative: all the text gives. process_output:
     also collect output.weight (llama.cpp's --process-output; never for tied embeddings, whose
     output multiplication uses token_embd.weight, which llama.cpp does not collect). bos: whether
     the GGUF's vocab adds BOS, and its id (vocab.add_bos, which it is found with when not given).
-    progress(n): n more chunks done."""
+    progress(n): n more layers done (the model runs one decoder layer at a time over all chunks,
+    quantkit/streaming; hidden states of all chunks are kept, on disk above the states budget)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from quantkit import streaming
     from quantkit.backends.gguf import vocab
-    from quantkit.libs import no_library_bars, quiet_transformers
+    from quantkit.libs import quiet_transformers
 
     model_dir = Path(model_dir)
     quiet_transformers()
@@ -216,59 +220,68 @@ def compute(model_dir: Path, calibration: Calibration, chunks: int | None, ctx: 
     wins = windows(tokenize(tok, calibration.text, add_bos, bos_id), chunks, ctx, add_bos, bos_id)
     keep = collected_positions(len(wins), ctx)
 
-    with no_library_bars():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
+    model = streaming.open_model(model_dir, streaming.device(device))
     names = _name_map(model.config)
-    emb = model.get_input_embeddings()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    handles = []
     current: dict = {}
 
-    def hook_for(gname: str):
-        def hook(module, args):
-            x = args[0]
-            if current.get("x") is not x:  # q/k/v and gate/up get the same tensor: square it once
-                current["x"] = x  # held, so that no later input can be this object
-                x = x.detach().reshape(-1, x.shape[-1])
-                m = current["keep"]
-                if x.shape[0] != m.numel():
-                    raise AssertionError(f"{gname}: {x.shape[0]} rows for {m.numel()} tokens")
-                x = x[m].to(torch.float64)
-                current["sq"], current["n"] = (x * x).sum(0), x.shape[0]
-            sums[gname] += current["sq"]
-            counts[gname] += current["n"]
-        return hook
+    def collect(gname: str, x: torch.Tensor) -> None:
+        if current.get("x") is not x:  # q/k/v and gate/up get the same tensor: square it once
+            current["x"] = x  # held, so that no later input can be this object
+            x = x.detach().reshape(-1, x.shape[-1])
+            m = current["keep"]
+            if x.shape[0] != m.numel():
+                raise AssertionError(f"{gname}: {x.shape[0]} rows for {m.numel()} tokens")
+            x = x[m.to(x.device)].to(torch.float64)
+            current["sq"], current["n"] = (x * x).sum(0).cpu(), x.shape[0]
+        if gname not in sums:
+            sums[gname] = torch.zeros(x.shape[-1], dtype=torch.float64)
+            counts[gname] = 0
+        sums[gname] += current["sq"]
+        counts[gname] += current["n"]
 
-    for mname, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear):
-            continue
-        gname = names.get_name(mname + ".weight", try_suffixes=(".weight",))
-        if gname is None:
-            continue
-        if gname.startswith("blk."):
-            pass
-        elif gname == "output.weight" and process_output and mod.weight is not getattr(emb, "weight", None):
-            pass
-        else:
-            continue
-        sums[gname] = torch.zeros(mod.in_features, dtype=torch.float64)
-        counts[gname] = 0
-        handles.append(mod.register_forward_pre_hook(hook_for(gname)))
-    try:
+    ids = torch.from_numpy(wins)
+    masks = [torch.from_numpy(keep[i]) for i in range(len(wins))]
+    pos = model.positions(ids.shape[1]) if len(wins) else None
+    checkpoint = streaming.Checkpoint("imatrix", {
+        "source": streaming.source_key(model_dir), "windows": hashlib.sha256(wins.tobytes()).hexdigest(),
+        "keep": hashlib.sha256(keep.tobytes()).hexdigest(), "version": 1})
+    with streaming.States(len(wins), (1, ids.shape[1], model.config.hidden_size), device=model.device) as states:
+        start = _resume(checkpoint, states, sums, counts)
+        if start is None:
+            start = 0
+            embedded = model.embed(ids)
+            for w in range(len(wins)):
+                states[w] = embedded[w][None]
+            del embedded
+        elif progress is not None:
+            progress(start)
         with torch.inference_mode():
-            for i, w in enumerate(wins):
+            for i in range(start, model.num_layers):
+                with model.layer(i) as layer:
+                    watched = {}
+                    for sub, mod in layer.named_modules():
+                        gname = names.get_name(f"model.layers.{i}.{sub}.weight", try_suffixes=(".weight",))
+                        if isinstance(mod, torch.nn.Linear) and gname is not None and gname.startswith("blk."):
+                            watched[gname] = mod
+                    with streaming.watch_inputs(watched, collect):
+                        for w in range(len(wins)):
+                            current.clear()
+                            current["keep"] = masks[w]
+                            states[w] = streaming.layer_forward(layer, states[w], pos)
                 current.clear()
-                current["keep"] = torch.from_numpy(keep[i])
-                model(input_ids=torch.from_numpy(w)[None], use_cache=False,
-                      logits_to_keep=0 if process_output else 1)
+                if i + 1 < model.num_layers:
+                    checkpoint.save(i + 1, {"counts": counts}, {k: v.numpy() for k, v in sums.items()}, states)
                 if progress is not None:
                     progress(1)
-    finally:
-        for h in handles:
-            h.remove()
-
+            if process_output and model.head_name() == "lm_head.weight":
+                norm = model.final_norm()
+                for w in range(len(wins)):
+                    current.clear()
+                    current["keep"] = masks[w]
+                    collect("output.weight", norm(states[w]))
+    checkpoint.clear()
     entries = {n: Entry(sums[n].to(torch.float32).numpy()[None, :].copy(), np.array([counts[n]], dtype=np.int64))
                for n in sorted(sums)}
     max_count = max((int(e.counts.max()) for e in entries.values()), default=0)
@@ -276,6 +289,21 @@ def compute(model_dir: Path, calibration: Calibration, chunks: int | None, ctx: 
 
 
 # -- files ---------------------------------------------------------------------------------
+
+
+def _resume(checkpoint, states, sums: dict, counts: dict) -> int | None:
+    """Layers done by a killed run of the same pass (its sums, counts and hidden states restored), or None."""
+    import torch
+
+    got = checkpoint.load()
+    if got is None or got[3].shape != (len(states), *states.shape):
+        return None
+    done, meta, arrays, saved = got
+    for w in range(len(states)):
+        states[w] = torch.from_numpy(np.array(saved[w])).to(states.device)
+    sums.update({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    counts.update(meta["counts"])
+    return done
 
 
 def save(imatrix: Imatrix, path: Path) -> Path:
