@@ -547,3 +547,38 @@ def test_a_killed_run_resumes_at_its_layer(tiny, text_file, tiny_imx, monkeypatc
     for name, e in tiny_imx.entries.items():
         assert np.array_equal(imx.entries[name].sums, e.sums) and np.array_equal(imx.entries[name].counts, e.counts)
     assert not list((tmp_path / "resume" / "imatrix").iterdir())  # a finished pass leaves nothing
+
+
+@pytest.mark.slow
+def test_smollm2_streamed_equals_the_whole_model(smollm2):
+    """The layer-at-a-time pass gives the sums the whole model (transformers, loaded at once, hooks on
+    every Linear: how quantkit computed them before streaming) gives, on SmolLM2."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    chunks, ctx = 2, 512
+    calibration = imatrix.Calibration.load(None)
+    streamed = imatrix.compute(smollm2, calibration, chunks, ctx=ctx)
+    add_bos, bos = vocab.add_bos(smollm2, json.loads((smollm2 / "config.json").read_text())["vocab_size"])
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    wins = imatrix.windows(imatrix.tokenize(tok, calibration.text, add_bos, bos), chunks, ctx, add_bos, bos)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    names = imatrix._name_map(model.config)
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(gname):
+        def add(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            sums[gname] = sums.get(gname, 0) + (x * x).sum(0)
+        return add
+
+    for mname, mod in model.named_modules():
+        g = names.get_name(mname + ".weight", try_suffixes=(".weight",)) if isinstance(mod, torch.nn.Linear) else None
+        if g is not None and g.startswith("blk."):
+            mod.register_forward_pre_hook(hook(g))
+    with torch.inference_mode():
+        for w in wins:
+            model(input_ids=torch.from_numpy(w)[None], use_cache=False)
+    assert sorted(streamed.entries) == sorted(sums)
+    for name, e in streamed.entries.items():
+        assert e.counts.tolist() == [chunks * ctx]
+        np.testing.assert_allclose(e.sums[0], sums[name].float().numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
