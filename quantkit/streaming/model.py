@@ -96,9 +96,6 @@ class LayerModel:
         """Embeddings of token ids (any shape), float32: the table is read once, as stored, and indexed."""
         return self.weights.raw(EMBED)[ids].to(self.device, torch.float32)
 
-    def embedding(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.tensor(EMBED, dtype)
-
     def final_norm(self) -> nn.Module:
         norm = type(self.model.model.norm)(self.config.hidden_size, eps=self.config.rms_norm_eps)
         norm.weight.data = self.tensor("model.norm.weight")

@@ -27,28 +27,21 @@ def from_source(source, device: torch.device) -> LayerModel:
     return LayerModel(Weights(source.headers), _config(source.path), device)
 
 
-def _quantization_config(config: dict) -> dict:
-    qc = config.get("quantization_config")
-    return qc if isinstance(qc, dict) else {}
-
-
 def open_model(path: Path, device: torch.device) -> LayerModel:
-    """A checkpoint folder (plain, compressed-tensors, AutoGPTQ/AutoAWQ, EXL2) or one .gguf file."""
-    from quantkit.backends.exl2.decode import is_exl2
-    from quantkit.backends.int4 import layouts
+    """A checkpoint folder (plain, compressed-tensors, AutoGPTQ/AutoAWQ, EXL2) or one .gguf file;
+    the format is told by loaders' detectors, the ones verify's checks use."""
+    from quantkit import loaders
 
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
         return _open_gguf(path, device)
     raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     config = _config(path)
-    qc = _quantization_config(raw)
-    if is_exl2(path):
+    if loaders._is_exl2(path):
         return _open_exl2(path, config, device)
-    ct_formats = {fmt for method, fmt in formats.CONFIG_FORMATS if method == "compressed-tensors"}
-    if qc.get("quant_method") in layouts.LEGACY_READERS and qc.get("format") not in ct_formats:
+    if loaders._is_int4_legacy(path):
         return LayerModel(LegacyInt4Weights(path, raw), config, device)
-    if qc.get("quant_method") == "compressed-tensors":
+    if loaders._quantization_config(path).get("quant_method") == "compressed-tensors":
         return LayerModel(CompressedWeights(path, raw), config, device)
     w = Weights(headers_of(path))
     w.format = formats.config_format(raw) or w.format

@@ -13,7 +13,6 @@ multiplies by, only when asked:
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable
@@ -257,7 +256,3 @@ class GGUFWeights(Weights):
 
     def raw(self, name: str) -> torch.Tensor:
         return self.tensor(name)
-
-
-def read_config(folder: Path) -> dict:
-    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
