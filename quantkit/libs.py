@@ -21,6 +21,7 @@ def quiet_llmcompressor() -> None:
     import warnings
 
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # tracing notice on every layer
+    logging.getLogger("accelerate.big_modeling").setLevel(logging.ERROR)  # "offloaded to the disk" (int4 calibrate.py)
     warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
 
 

@@ -112,12 +112,14 @@ def _probe_writable(folder: Path, option: str = "-o") -> None:
         raise OutputError(f"cannot write in {folder} ({e.strerror}); choose an {option} you can write to") from None
 
 
-def check_free_space(final: Path, needed: int) -> None:
+def check_free_space(final: Path, needed: int, scratch: int = 0) -> None:
+    """`needed` bytes for the output and `scratch` for working files beside it while it is built."""
     anc = _existing_ancestor(final.parent)
     free = shutil.disk_usage(anc).free
-    if needed > free:
+    if needed + scratch > free:
+        working = f" (with {scratch / 2**30:.2f} GiB of working files, removed after)" if scratch else ""
         raise OutputError(
-            f"not enough free disk for the output: needs about {needed / 2**30:.2f} GiB, "
+            f"not enough free disk for the output: needs about {(needed + scratch) / 2**30:.2f} GiB{working}, "
             f"{anc} has {free / 2**30:.2f} GiB free; free space or choose another -o"
         )
 

@@ -53,7 +53,7 @@ def convert(
         plan = backend.check(source)  # options against this source, before any work
         for n in plan.notices:
             notice(n)
-        output.check_free_space(final, plan.output_bytes)
+        output.check_free_space(final, plan.output_bytes, plan.scratch_bytes)
         with ByteProgress(f"{backend_name} {source.name}", source.weight_bytes, enabled=show_progress) as bar:
             result = backend.run(plan, staging, bar.advance)
         carried = output.copy_carried(source.carried_files(), staging)

@@ -50,6 +50,7 @@ class Plan:
     source: Source
     notices: list[str] = field(default_factory=list)  # shown to the user before the work starts
     output_bytes: int = 0  # upper estimate of the artifact's size, for the free-disk check
+    scratch_bytes: int = 0  # working files beside the output while it is built (removed after), also checked
 
 
 @dataclass

@@ -99,7 +99,10 @@ class _Int4(INT4Description, Backend):
             notices.append(f"group size {wanted} does not divide every layer's input size "
                            f"({', '.join(map(str, sorted(set(in_features))))}); using {group}, "
                            "the largest power of two that does (recorded in quantkit.json)")
-        return INT4Plan(source=source, notices=notices, output_bytes=source.weight_bytes // 2 + (1 << 20), group_size=group)
+        from quantkit.backends.int4 import calibrate
+
+        return INT4Plan(source=source, notices=notices, output_bytes=source.weight_bytes // 2 + (1 << 20),
+                        scratch_bytes=calibrate.offload_bytes(source), group_size=group)
 
     def run(self, plan: INT4Plan, staging: Path, progress: Progress) -> BackendResult:
         from quantkit.backends.int4 import calibrate
