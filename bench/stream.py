@@ -14,7 +14,9 @@ deleted afterwards unless --keep. Each command runs as its own process
   imatrix  quantkit.backends.gguf.imatrix.compute over 1 chunk of 512 tokens (the
            streamed part of `quantkit gguf --imatrix`, without the conversion);
   exl2     `quantkit exl2` with one 256-token row to measure and one to quantize;
-  gptq     `quantkit gptq --samples 2 --seq-len 256`.
+  gptq     `quantkit gptq --samples 2 --seq-len 256` (calibrating from disk, int4/calibrate.py);
+  awq      `quantkit awq --samples 2 --seq-len 256 --grid 3`.
+8b-1 with exl2 is one EXL2 measurement layer (and its quantization, the head and the files).
 Per-layer seconds come from two depths of one width ((t_8 - t_4) / 4). The goal
 is at most 6 GiB peak on 8B widths and 12 GiB on 70B widths, whatever the depth.
 Prints a markdown table; writes bench/out/stream.json after every run, so a cut
@@ -154,11 +156,12 @@ def main() -> None:
             elif command == "exl2":
                 r = timed([QUANTKIT, "exl2", str(model), "-o", str(out), "--measurement-rows", "1",
                            "--measurement-length", "256", "--rows", "1", "--length", "256", "--json"])
-            elif command == "gptq":
-                r = timed([QUANTKIT, "gptq", str(model), "-o", str(out), "--samples", "2", "--seq-len", "256",
-                           "--json"])
+            elif command in ("gptq", "awq"):
+                grid = ["--grid", "3"] if command == "awq" else []
+                r = timed([QUANTKIT, command, str(model), "-o", str(out), "--samples", "2", "--seq-len", "256",
+                           *grid, "--json"])
             else:
-                raise SystemExit(f"unknown command {command}; use verify, imatrix, exl2, gptq")
+                raise SystemExit(f"unknown command {command}; use verify, imatrix, exl2, gptq, awq")
             record(shape, width, layers, command, r)
         shutil.rmtree(out, ignore_errors=True)
         if not a.keep:

@@ -41,6 +41,20 @@ def quantized_tensor_format(name: str, dtype: str) -> str | None:
     return None
 
 
+# compressed-tensors schemes by their first config group's weights and input activations:
+# (weights type, bits, strategy, input activations quantized) -> the name users know (the preset's).
+CT_SCHEMES = {
+    ("float", 8, "block", True): "FP8-block",
+    ("float", 4, "tensor_group", False): "NVFP4A16",
+    ("float", 4, "tensor_group", True): "NVFP4",
+    ("float", 4, "group", False): "MXFP4A16",
+    ("float", 4, "group", True): "MXFP4",
+    ("int", 8, "group", False): "INT8 W8A16",
+    ("int", 8, "channel", False): "INT8 W8A16",
+    ("int", 8, "channel", True): "INT8 W8A8",
+}
+
+
 def config_format(config: dict) -> str | None:
     """The quantized format a config.json declares, or None for a plain checkpoint."""
     qc = config.get("quantization_config")
@@ -48,6 +62,12 @@ def config_format(config: dict) -> str | None:
         return None
     method = qc.get("quant_method")
     fmt = qc.get("format")
+    if method == "compressed-tensors":
+        groups = list((qc.get("config_groups") or {}).values())
+        w = (groups[0].get("weights") or {}) if groups and isinstance(groups[0], dict) else {}
+        key = (w.get("type"), w.get("num_bits"), w.get("strategy"), bool(groups[0].get("input_activations")) if groups else False)
+        if key in CT_SCHEMES:
+            return f"compressed-tensors {CT_SCHEMES[key]}"
     return CONFIG_FORMATS.get((method, fmt)) or CONFIG_FORMATS.get((method, None)) or f"{method} ({fmt})"
 
 MIN_GROUP = 32  # smallest INT4 group size quantkit falls back to

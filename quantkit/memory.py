@@ -23,6 +23,8 @@ OVERHEAD_ASSUMPTION = (
 )
 
 
+FORMAT_CHOICES = ("use bf16, fp16, fp8, int4-g128[:asym|gptq|awq], exl2:BPW[:HEAD_BITS] or gguf:TYPE "
+                  "(or a compressed-tensors scheme: fp8-block, nvfp4a16, mxfp4, mxfp4a16, w8a8, w8a16)")
 PLAIN_KINDS = ("bf16", "fp16")  # every tensor 2 bytes; the quantized kinds are answered by their backends
 
 
@@ -58,7 +60,7 @@ def weight_bytes(cfg: dict, fmt: str, folder: Path | None = None) -> tuple[int, 
         return sum(math.prod(t.shape) * 2 for t in specs), "every tensor 2 bytes"
     backend = for_vram_kind(kind)
     if backend is None:
-        raise InputError(f"--format {fmt}: use bf16, fp16, fp8, int4-g128[:asym|gptq|awq], exl2:BPW[:HEAD_BITS] or gguf:TYPE")
+        raise InputError(f"--format {fmt}: {FORMAT_CHOICES}")
     return backend.weight_bytes(kind, args, Model(cfg, specs, folder, fmt))
 
 

@@ -48,13 +48,15 @@ def artifacts(tiny, tmp_path_factory):
 
 
 def _whole_model_figures(src, arts, ctx: int, tokens: int) -> list[dict]:
-    """The figures with every model loaded whole (loaders.load), window by window."""
+    """The figures with every model loaded whole (loaders.load), window by window; an entry of `arts` may
+    also be an object with logits(ids) (tests/test_schemes.py's emulations)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(src)
     text, _ = scoring.load_text(None, "evaluation")
     chunks = scoring.windows(scoring.tokenize(tok, text, tokens), ctx, tok.bos_token_id)
-    source, models = loaders.load(src), [loaders.load(a) for a in arts]
+    source = loaders.load(src)
+    models = [a if hasattr(a, "logits") else loaders.load(a) for a in arts]  # a path, or a model given as logits(ids)
     tallies, src_nll, first = [scoring.Tally() for _ in models], [], ctx // 2
     for c in chunks:
         target = torch.tensor(c[first + 1:])

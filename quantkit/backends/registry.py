@@ -9,6 +9,7 @@ from quantkit.backends.exl2 import EXL2
 from quantkit.backends.fp8 import FP8Dynamic
 from quantkit.backends.gguf import GGUF
 from quantkit.backends.int4 import AWQ, GPTQ
+from quantkit.backends.schemes import INT8, MXFP4, NVFP4
 
 REGISTRY: dict[str, type[Backend]] = {
     "fp8": FP8Dynamic,
@@ -16,6 +17,9 @@ REGISTRY: dict[str, type[Backend]] = {
     "awq": AWQ,
     "gguf": GGUF,
     "exl2": EXL2,
+    "nvfp4": NVFP4,
+    "mxfp4": MXFP4,
+    "int8": INT8,
 }
 
 

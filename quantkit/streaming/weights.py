@@ -83,13 +83,18 @@ class CompressedWeights(Weights):
         for group in self.qconfig.config_groups.values():
             ia = group.input_activations
             if ia is not None and ia.dynamic:
-                self.activations = (f"{ia.type}{ia.num_bits} per-{ia.strategy} dynamic on Linear inputs, "
-                                    "applied with compressed-tensors' own functions, as vLLM does")
+                group = f" of {ia.group_size} columns" if ia.group_size else ""
+                under = " under a calibrated global scale" if ia.dynamic == "local" else ""
+                how = ("with vLLM's rule (scale absmax / 127)" if ia.type == "int" and ia.strategy == "token"
+                       else "with compressed-tensors' own functions")
+                self.activations = (f"{ia.type}{ia.num_bits} per-{ia.strategy}{group} dynamic{under} on Linear inputs, "
+                                    f"applied {how}, as vLLM does")
 
     @property
     def names(self) -> set[str]:
         own = {p + s for p in self._quantized for s in ("weight_packed", "weight_scale", "weight_zero_point",
-                                                        "weight_shape", "weight_g_idx", "weight", "input_scale")}
+                                                        "weight_shape", "weight_g_idx", "weight", "input_scale",
+                                                        "weight_global_scale", "input_global_scale")}
         return {n for n in self._stored if n not in own} | {p + "weight" for p in self._quantized}
 
     def scheme(self, prefix: str):
@@ -120,6 +125,8 @@ class CompressedWeights(Weights):
                  if n.startswith(prefix) and "." not in n[len(prefix):]}
         local = {k: (v.float() if v.is_floating_point() and k != "weight" else v) for k, v in local.items()}
         fmt = scheme.format or self.qconfig.format
+        if fmt == "nvfp4-pack-quantized":
+            return _nvfp4_weight(local, scheme)
         compressor = BaseCompressor.get_value_from_registry(fmt)
         return compressor.decompress(local, scheme)["weight"].float()
 
@@ -133,16 +140,47 @@ class CompressedWeights(Weights):
         args = self.scheme(prefix).input_activations
         if args is None:
             return None
-        if not args.dynamic:
+        if args.dynamic is False:
             raise InputError(f"{module_name}: static input activations are not scored by quantkit yet; "
                              "verify a dynamic-activation or weight-only artifact")
+        # NVFP4's activations are "local": per-16 scales at run time under a global scale calibrated once
+        name = prefix + "input_global_scale"
+        global_scale = read_tensor(self._where[name], name).float() if name in self._stored else None
+
+        if args.type == "int" and args.strategy == "token" and args.symmetric:
+            return _int8_per_token
 
         def hook(module, inputs):
             x = inputs[0]
-            scale, zp = compute_dynamic_scales_and_zp(value=x, args=args, module=module, global_scale=None)
-            return (fake_quantize(x=x, scale=scale, zero_point=zp, args=args, global_scale=None), *inputs[1:])
+            scale, zp = compute_dynamic_scales_and_zp(value=x, args=args, module=module, global_scale=global_scale)
+            return (fake_quantize(x=x, scale=scale, zero_point=zp, args=args, global_scale=global_scale), *inputs[1:])
 
         return hook
+
+
+def _int8_per_token(module, inputs):
+    """INT8 per-token dynamic input quantization as vLLM's kernel does it (dynamic_scaled_int8_quant: scale
+    absmax / 127, codes round-to-nearest-even of x * 127 / absmax, saturated). compressed-tensors' own fake
+    quantization divides by absmax / 127.5 instead, which vLLM does not do."""
+    x = inputs[0]
+    absmax = x.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(absmax == 0, torch.zeros_like(absmax), 127.0 / absmax)
+    q = torch.round(x * inv).clamp_(-128, 127)
+    return (q * (absmax / 127.0), *inputs[1:])
+
+
+def _nvfp4_weight(local: dict[str, torch.Tensor], scheme) -> torch.Tensor:
+    """NVFP4 weights dequantized in float32 with compressed-tensors' own unpacking and dequantize: its
+    compressor decompresses to BF16 (FP4 value x FP8 scale / global scale rounded to BF16, 0.2 % off),
+    while vLLM's FP4 kernels apply the global scale in float32."""
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+
+    packed = local["weight_packed"]
+    m, n = packed.shape
+    unpacked = unpack_fp4_from_uint8(packed, m, n * 2, dtype=torch.float32)
+    return dequantize(x_q=unpacked, scale=local["weight_scale"].float(), args=scheme.weights,
+                      global_scale=local["weight_global_scale"].float(), dtype=torch.float32)
 
 
 class LegacyInt4Weights(Weights):
