@@ -99,7 +99,16 @@ def test_fused_sets_across_shards(tiny, tmp_path):
 def test_smollm2_equals_model_free_ptq(smollm2, tmp_path):
     from quantkit.pipeline import convert
 
-    for scheme, command in SCHEMES.items():
+    # FP8_BLOCK is left out: SmolLM2's 576 columns are not a multiple of 128, and model_free_ptq (0.14.0.1)
+    # itself fails there, saving a non-contiguous weight (safetensors refuses it); quantkit's output is written
+    # W8A16's groups of 128 cannot take 576 columns either: refused before any work (the error is the library's reason)
+    from quantkit.errors import OptionError
+
+    with pytest.raises(OptionError, match="W8A16.*576"):
+        convert("int8", str(smollm2), tmp_path / "w8a16", False, False, show_progress=False,
+                notice=lambda m: None, options={"scheme": "W8A16"})
+    assert not (tmp_path / "w8a16").exists()
+    for scheme, command in ((s, c) for s, c in SCHEMES.items() if s not in ("FP8_BLOCK", "W8A16")):
         ours, _ = convert(command, str(smollm2), tmp_path / scheme, False, False, show_progress=False,
                           notice=lambda m: None, options={"scheme": scheme})
         ref = reference(smollm2, tmp_path / f"{scheme}-ref", scheme)
