@@ -300,3 +300,35 @@ def read_tensor(header: Header, name: str) -> torch.Tensor:
                 raise SourceError(f"{header.path.name} ended early while reading {name}; re-download it")
             got += k
     return buf.view(DTYPES[info.dtype][0]).reshape(info.shape)
+
+
+def shard_names(n: int) -> list[str]:
+    """Output shard names as transformers writes them."""
+    if n == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+
+
+def transcribe(header: Header, writer: StreamWriter, whole: set[str], on_whole, progress) -> tuple[str, str]:
+    """Read `header`'s file front to back (a reader thread ahead), hand each tensor named in `whole` to
+    on_whole(info, tensor), which writes what replaces it, and copy every other tensor's bytes to `writer`
+    as they come. Closes the writer (aborted on any error); returns the sha256 of the source file and of
+    the file written."""
+    from quantkit.threads import prefetch
+
+    reader = HashingReader(header)
+    current = None
+    try:
+        for t, data in prefetch(reader.stream(whole)):
+            if t.name in whole:
+                on_whole(t, data)
+            else:
+                if t.name != current:
+                    writer.begin(t.name)
+                writer.write_bytes(data)
+            current = t.name
+            progress(len(data) if isinstance(data, memoryview) else t.nbytes)
+        return reader.finish(), writer.close()
+    except BaseException:
+        writer.abort()
+        raise

@@ -20,8 +20,7 @@ import torch
 from quantkit import output
 from quantkit.backends.base import BackendResult, Progress
 from quantkit.source import Source
-from quantkit.stio import HashingReader, PlannedTensor, StreamWriter
-from quantkit.threads import prefetch
+from quantkit.stio import PlannedTensor, StreamWriter, shard_names, transcribe
 
 SCHEME = "FP8_DYNAMIC"
 # Modules kept in their source dtype, as llm-compressor names them in the config.
@@ -91,12 +90,6 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def shard_names(n: int) -> list[str]:
-    if n == 1:
-        return ["model.safetensors"]
-    return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
-
-
 def write(source: Source, staging: Path, progress: Progress) -> BackendResult:
     """Write the FP8-dynamic artifact of `source` into staging, one tensor at a time."""
     # One torch thread: the reader and writer threads (file I/O, sha256) use the other core,
@@ -127,23 +120,8 @@ def _write(source: Source, staging: Path, progress: Progress) -> BackendResult:
             else:
                 plan.append(PlannedTensor(t.name, t.dtype, t.shape))
         writer = StreamWriter(staging / out_name, plan, {"format": "pt"})
-        reader = HashingReader(header)
-        current = None
-        try:
-            for t, data in prefetch(reader.stream(targets)):
-                if t.name in targets:
-                    _quantize_one(writer, t, data)
-                else:
-                    if t.name != current:
-                        writer.begin(t.name)
-                    writer.write_bytes(data)
-                current = t.name
-                progress(len(data) if isinstance(data, memoryview) else t.nbytes)
-            source_hashes[src_file.name] = reader.finish()
-            file_hashes[out_name] = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
+        source_hashes[src_file.name], file_hashes[out_name] = transcribe(
+            header, writer, targets, lambda t, w, writer=writer: _quantize_one(writer, t, w), progress)
         total += sum(p.nbytes for p in plan)
         weight_map.update({p.name: out_name for p in plan})
     output.write_text_atomic(staging / "model.safetensors.index.json",

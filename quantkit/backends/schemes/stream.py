@@ -25,8 +25,7 @@ import torch
 from quantkit import output
 from quantkit.backends.base import BackendResult, Progress
 from quantkit.source import Source
-from quantkit.stio import DTYPES, TORCH_TO_ST, HashingReader, PlannedTensor, StreamWriter
-from quantkit.threads import prefetch
+from quantkit.stio import DTYPES, TORCH_TO_ST, PlannedTensor, StreamWriter, shard_names, transcribe
 
 # Kept in the source dtype, as llm-compressor names them in the config (embeddings must be listed: the
 # library selects every `<module>.weight` not named like a norm, and transformers loads quantized
@@ -130,28 +129,15 @@ def write(source: Source, staging: Path, progress: Progress, scheme: str) -> tup
                 members = plan.sets[t.name]
                 planned += _planned(conv, {m: _meta(infos[m].shape, infos[m].dtype) for m in members})
         writer = StreamWriter(staging / out_name, planned, {"format": "pt"})
-        reader = HashingReader(header)
-        current = None
-        try:
-            for t, data in prefetch(reader.stream(plan.targets & set(header.tensors))):
-                if t.name in plan.targets:
-                    held[t.name] = data
-                    if plan.last[t.name] == t.name:
-                        members = {m: held.pop(m) for m in plan.sets[t.name]}
-                        for k, v in conv.process(members).items():
-                            writer.write(k, v.contiguous())
-                elif t.name != current:
-                    writer.begin(t.name)
-                    writer.write_bytes(data)
-                else:
-                    writer.write_bytes(data)
-                current = t.name
-                progress(len(data) if isinstance(data, memoryview) else t.nbytes)
-            source_hashes[src_file.name] = reader.finish()
-            file_hashes[out_name] = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
+
+        def quantize(t, data, writer=writer) -> None:
+            held[t.name] = data
+            if plan.last[t.name] == t.name:  # the set is complete: quantize it together
+                members = {m: held.pop(m) for m in plan.sets[t.name]}
+                for k, v in conv.process(members).items():
+                    writer.write(k, v.contiguous())
+
+        source_hashes[src_file.name], file_hashes[out_name] = transcribe(header, writer, plan.targets & set(header.tensors), quantize, progress)
         total += sum(p.nbytes for p in planned)
         weight_map.update({p.name: out_name for p in planned})
     output.write_text_atomic(staging / "model.safetensors.index.json", json.dumps(
@@ -169,12 +155,6 @@ def quantization_config(conv) -> dict:
     data = conv.update_config(None).model_dump()
     block = {"version": ct_version, "quant_method": "compressed-tensors", "transform_config": {}, **data}
     return json.loads(json.dumps(block))  # enums and dtypes as the JSON file holds them
-
-
-def shard_names(n: int) -> list[str]:
-    if n == 1:
-        return ["model.safetensors"]
-    return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
 
 
 def result(method: str, scheme: str, hashes: tuple[dict, dict, dict, int], facts: dict) -> BackendResult:
